@@ -1,0 +1,1 @@
+"""Run configs (ml-collections): `get_config(arg)` in each file, overridable by flags."""

@@ -1,0 +1,16 @@
+"""The CPU demo: a NULL on the embedded fact world, minutes on two cores.
+
+Variants: `tiny` (the NULL), `tiny:plain` (the same shape with every MLP neuron
+always on: the plain transformer baseline).
+"""
+
+from nullearn.configs import base
+
+
+def get_config(arg: str | None = None):
+  c = base.get_config()
+  if arg == "plain":
+    c.model.backbone, c.model.pool = c.model.backbone + c.model.pool, 0
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} (known: plain)")
+  return c

@@ -1,0 +1,1 @@
+"""Natively unlearnable language models in JAX."""

@@ -1,0 +1,1 @@
+"""Corpora, probes, tokenizer and input pipeline."""

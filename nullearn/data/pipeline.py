@@ -1,0 +1,88 @@
+"""Documents -> tokens -> packed fixed-length rows with per-token source ids (Grain).
+
+Each row carries segment ids (1, 2, ... per packed document, 0 for padding),
+positions restarting at 0 in every document, and the source id of every token,
+which is all the model needs to pick each token's sinks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from nullearn.data.records import Document
+from nullearn.data.tokenizer import Tokenizer
+
+BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions", "source_ids")
+
+
+class _Tokenize(grain.transforms.Map):
+
+  def __init__(self, tokenizer: Tokenizer):
+    self.tokenizer = tokenizer
+
+  def map(self, doc: Document) -> dict[str, np.ndarray]:
+    tokens = self.tokenizer.encode_document(doc.text)
+    return {"tokens": tokens, "source_ids": np.full(tokens.shape, doc.source_id, np.uint32)}
+
+
+@dataclasses.dataclass
+class _Chunk(grain.experimental.FlatMapTransform):
+  """Cuts long documents into rows; each piece keeps its source id."""
+  length: int
+  max_fan_out: int = 1 << 20
+
+  def flat_map(self, example):
+    n = len(example["tokens"])
+    return [{k: v[i:i + self.length] for k, v in example.items()}
+            for i in range(0, n, self.length) if n - i > 1]
+
+
+def _to_model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Shifts a packed row of length T+1 into T inputs and next-token targets."""
+  tokens, seg = row["tokens"], row["tokens_segment_ids"]
+  return {
+      "inputs": tokens[..., :-1],
+      "targets": tokens[..., 1:],
+      "weights": ((seg[..., 1:] == seg[..., :-1]) & (seg[..., 1:] > 0)).astype(np.float32),
+      "segment_ids": seg[..., :-1],
+      "positions": row["tokens_positions"][..., :-1],
+      "source_ids": row["source_ids"][..., :-1],
+  }
+
+
+def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tokenizer, *,
+                     seq_len: int, batch_size: int, seed: int,
+                     num_epochs: int | None = None, packing_bins: int = 64,
+                     shard_index: int = 0, shard_count: int = 1,
+                     worker_count: int = 0) -> grain.IterDataset:
+  """Shuffled (differently every epoch), packed and batched; deterministic in `seed`.
+
+  `shard_index/shard_count` give each JAX process a disjoint share of documents.
+  """
+  ds = docs if isinstance(docs, grain.MapDataset) else grain.MapDataset.source(list(docs))
+  if len(ds) == 0:
+    raise ValueError("the corpus has no documents")
+  ds = ds[shard_index::shard_count].shuffle(seed=seed).repeat(num_epochs)
+  it = ds.map(_Tokenize(tokenizer)).to_iter_dataset()
+  it = grain.experimental.FlatMapIterDataset(it, _Chunk(seq_len + 1))
+  it = grain.experimental.FirstFitPackIterDataset(
+      it, length_struct={"tokens": seq_len + 1, "source_ids": seq_len + 1},
+      num_packing_bins=packing_bins, seed=seed, meta_features=("source_ids",))
+  it = it.map(_to_model_inputs).batch(batch_size, drop_remainder=True)
+  if worker_count:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return it
+
+
+def count_batches(dataset: grain.IterDataset) -> int:
+  """Batches in a finite dataset (one pass over it, no model)."""
+  return sum(1 for _ in dataset)
+
+
+def batch_stats(batch: dict[str, Any]) -> dict[str, float]:
+  return {"tokens": float(np.sum(batch["weights"])),
+          "fill": float(np.mean(batch["segment_ids"] > 0))}

@@ -1,0 +1,83 @@
+"""SentencePiece tokenizer trained on the run's own corpus and stored with the run."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pathlib
+from typing import Iterable, Iterator
+
+import numpy as np
+import sentencepiece as spm
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+_MAX_SENTENCE_CHARS = 4096
+
+
+class Tokenizer:
+  """A SentencePiece model held as bytes, so it pickles into Grain workers."""
+
+  def __init__(self, model_proto: bytes):
+    self.model_proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  def __getstate__(self):
+    return {"model_proto": self.model_proto}
+
+  def __setstate__(self, state):
+    self.__init__(state["model_proto"])
+
+  @classmethod
+  def load(cls, path: str | pathlib.Path) -> "Tokenizer":
+    path = pathlib.Path(path)
+    if not path.exists():
+      raise FileNotFoundError(f"no tokenizer at {path} (train one with `nullearn tokenizer train`)")
+    return cls(path.read_bytes())
+
+  def save(self, path: str | pathlib.Path) -> None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(self.model_proto)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  @property
+  def fingerprint(self) -> str:
+    return hashlib.sha256(self.model_proto).hexdigest()[:16]
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return self._sp.encode(texts)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids if int(i) > EOS_ID])
+
+  def encode_document(self, text: str) -> np.ndarray:
+    """BOS + pieces + EOS: the unit that training packs and probes mirror."""
+    return np.asarray([BOS_ID, *self._sp.encode(text), EOS_ID], np.int32)
+
+
+def _sentences(texts: Iterable[str]) -> Iterator[str]:
+  for text in texts:
+    for line in text.splitlines():
+      line = line.strip()
+      while line:
+        yield line[:_MAX_SENTENCE_CHARS]
+        line = line[_MAX_SENTENCE_CHARS:]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = "unigram",
+                    byte_fallback: bool = True, max_sentences: int = 2_000_000) -> Tokenizer:
+  """Trains on `texts` (single-threaded, so the same corpus gives the same model)."""
+  out = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=_sentences(texts), model_writer=out, vocab_size=vocab_size,
+      model_type=model_type, byte_fallback=byte_fallback, character_coverage=1.0,
+      pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+      input_sentence_size=max_sentences, shuffle_input_sentence=False,
+      num_threads=1, hard_vocab_limit=False, minloglevel=2)
+  return Tokenizer(out.getvalue())

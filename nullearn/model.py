@@ -1,0 +1,255 @@
+"""The NULL transformer: a decoder-only transformer whose MLP has per-source sinks.
+
+The only change to a standard transformer is one line in `SinkMLP`: hidden
+activations are multiplied by the token's mask before the down-projection. With
+``pool=0`` the same code is the plain transformer baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from nullearn.sharding import constrain
+from nullearn.switch import GatheredSinks, Switch
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 1024
+  d_model: int = 96
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 24
+  backbone: int = 32
+  pool: int = 1024
+  active: int = 32
+  mask_seed: int = 0
+  per_layer_masks: bool = False
+  rope_base: float = 10_000.0
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = True
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  init_std: float = 0.02
+  remat: bool = False
+  # "dense" multiplies the full MLP width by the mask (the reference computation);
+  # "gather" computes only the backbone and each packed document's own sinks,
+  # for rows of at most `max_segments` documents (training batches).
+  sink_impl: str = "dense"
+  max_segments: int = 4
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    if self.pool and not 0 < self.active <= self.pool:
+      raise ValueError(f"need 0 < active <= pool, got active={self.active}, pool={self.pool}")
+    if self.backbone + self.pool <= 0:
+      raise ValueError("the MLP needs backbone + pool > 0 neurons")
+    if self.sink_impl not in ("dense", "gather"):
+      raise ValueError(f"sink_impl must be 'dense' or 'gather', got {self.sink_impl!r}")
+    if self.head_dim % 2:
+      raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "ModelConfig":
+    d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+      raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+    return cls(**d)
+
+  @property
+  def mlp_dim(self) -> int:
+    return self.backbone + self.pool
+
+  @property
+  def sink_geometry(self) -> dict[str, Any]:
+    """What fixes every source's mask; a checkpoint refuses a different one."""
+    return dict(mask_seed=self.mask_seed, backbone=self.backbone, pool=self.pool,
+                active=self.active, per_layer_masks=self.per_layer_masks)
+
+
+def _param(rngs: nnx.Rngs, shape, names, std, dtype) -> nnx.Param:
+  value = jax.random.normal(rngs.params(), shape, dtype) * std
+  return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig):
+    self.eps = cfg.norm_eps
+    self.scale = nnx.Param(jnp.ones((cfg.d_model,), cfg.param_dtype),
+                           out_sharding=("embed",), eager_sharding=False)
+
+  def __call__(self, x_BxTxD):
+    x = x_BxTxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * self.scale[...]).astype(x_BxTxD.dtype)
+
+
+def rope(x_BxTxHxK, positions_BxT, base: float):
+  half = x_BxTxHxK.shape[-1] // 2
+  freq_K = base ** (-np.arange(half, dtype=np.float32) / half)
+  angle_BxTx1xK = (positions_BxT[..., None].astype(jnp.float32) * freq_K)[:, :, None, :]
+  sin, cos = jnp.sin(angle_BxTx1xK), jnp.cos(angle_BxTx1xK)
+  x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxHxK.dtype)
+
+
+def attention_mask(segment_ids_BxT):
+  """Causal within a document only: a token never sees another packed document."""
+  T = segment_ids_BxT.shape[-1]
+  same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+  return same_BxTxS & jnp.tril(jnp.ones((T, T), bool))
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with rotary embeddings."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, H, G, K = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    std, pd = cfg.init_std, cfg.param_dtype
+    self.wq = _param(rngs, (D, H, K), ("embed", "heads", "head_dim"), std, pd)
+    self.wk = _param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std, pd)
+    self.wv = _param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std, pd)
+    self.wo = _param(rngs, (H, K, D), ("heads", "head_dim", "embed"),
+                     std / np.sqrt(2 * cfg.num_layers), pd)
+
+  def __call__(self, x_BxTxD, mask_BxTxS, positions_BxT):
+    cfg = self.cfg
+    dt = x_BxTxD.dtype
+    B, T, _ = x_BxTxD.shape
+    G, R, K = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+    q_BxTxHxK = jnp.einsum("btd,dhk->bthk", x_BxTxD, self.wq[...].astype(dt))
+    k_BxSxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, self.wk[...].astype(dt))
+    v_BxSxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, self.wv[...].astype(dt))
+    q_BxTxHxK = constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_base),
+                          ("batch", "length", "heads", "head_dim"))
+    k_BxSxGxK = rope(k_BxSxGxK, positions_BxT, cfg.rope_base)
+    q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, R, K)
+    logits = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK,
+                        preferred_element_type=jnp.float32) * K**-0.5
+    logits = jnp.where(mask_BxTxS[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    out_BxTxHxK = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BxSxGxK).reshape(B, T, G * R, K)
+    return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.wo[...].astype(dt))
+
+
+class SinkMLP(nnx.Module):
+  """SwiGLU MLP over `backbone` always-on neurons followed by a `pool` of sinks."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    D, F = cfg.d_model, cfg.mlp_dim
+    std, pd = cfg.init_std, cfg.param_dtype
+    self.backbone = cfg.backbone
+    self.w_gate = _param(rngs, (D, F), ("embed", "mlp"), std, pd)
+    self.w_up = _param(rngs, (D, F), ("embed", "mlp"), std, pd)
+    self.w_down = _param(rngs, (F, D), ("mlp", "embed"), std / np.sqrt(2 * cfg.num_layers), pd)
+
+  def __call__(self, x_BxTxD, mask_BxTxF):
+    if isinstance(mask_BxTxF, GatheredSinks):
+      return self._gathered(x_BxTxD, mask_BxTxF)
+    dt = x_BxTxD.dtype
+    gate_BxTxF = x_BxTxD @ self.w_gate[...].astype(dt)
+    up_BxTxF = x_BxTxD @ self.w_up[...].astype(dt)
+    h_BxTxF = constrain(jax.nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "length", "mlp"))
+    if mask_BxTxF is not None:
+      h_BxTxF = h_BxTxF * mask_BxTxF  # the NULL line: only this token's source's sinks fire
+    return h_BxTxF @ self.w_down[...].astype(dt)
+
+  def _gathered(self, x_BxTxD, sinks: GatheredSinks):
+    dt, nb = x_BxTxD.dtype, self.backbone
+    w_gate, w_up, w_down = (w[...].astype(dt) for w in (self.w_gate, self.w_up, self.w_down))
+    gate_BxNxD = jnp.take(w_gate.T, sinks.columns_BxN, axis=0)
+    up_BxNxD = jnp.take(w_up.T, sinks.columns_BxN, axis=0)
+    down_BxNxD = jnp.take(w_down, sinks.columns_BxN, axis=0)
+    h_BxTxN = (jax.nn.silu(jnp.einsum("btd,bnd->btn", x_BxTxD, gate_BxNxD))
+               * jnp.einsum("btd,bnd->btn", x_BxTxD, up_BxNxD) * sinks.on_BxTxN)
+    out_BxTxD = jnp.einsum("btn,bnd->btd", h_BxTxN, down_BxNxD)
+    if nb:
+      h_BxTxBb = jax.nn.silu(x_BxTxD @ w_gate[:, :nb]) * (x_BxTxD @ w_up[:, :nb])
+      out_BxTxD = out_BxTxD + h_BxTxBb @ w_down[:nb]
+    return out_BxTxD
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg)
+    self.mlp = SinkMLP(cfg, rngs)
+
+  def __call__(self, x_BxTxD, attn_mask_BxTxS, positions_BxT, mlp_mask_BxTxF):
+    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), attn_mask_BxTxS, positions_BxT)
+    x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), mlp_mask_BxTxF)
+    return constrain(x_BxTxD, ("batch", "length", "embed"))
+
+
+class Transformer(nnx.Module):
+  """Decoder-only NULL transformer; `switch` says which sinks are on."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                        cfg.init_std, cfg.param_dtype)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg)
+    if not cfg.tie_embeddings:
+      self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                            cfg.init_std, cfg.param_dtype)
+
+  def mlp_mask(self, switch: Switch | None, layer: int, segment_ids_BxT):
+    cfg = self.cfg
+    if cfg.pool == 0:
+      return None
+    if switch is None:
+      raise ValueError("a model with sinks needs a Switch (e.g. Switch.sources(ids))")
+    layer = layer if cfg.per_layer_masks else None
+    if cfg.sink_impl == "gather" and switch.mode == "source":
+      return switch.gathered(cfg.backbone, cfg.pool, cfg.active, cfg.mask_seed, segment_ids_BxT,
+                             cfg.max_segments, jnp.dtype(cfg.dtype), layer)
+    return switch.mlp_mask(cfg.backbone, cfg.pool, cfg.active, cfg.mask_seed,
+                           jnp.dtype(cfg.dtype), layer)
+
+  def hidden(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
+    """Final-normed hidden states, BxTxD (what source routing embeds)."""
+    cfg = self.cfg
+    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(cfg.dtype)
+    x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+    attn_mask_BxTxS = attention_mask(segment_ids_BxT)
+    shared_mask = None if cfg.per_layer_masks else self.mlp_mask(switch, 0, segment_ids_BxT)
+    for i, block in enumerate(self.blocks):
+      mlp_mask = (self.mlp_mask(switch, i, segment_ids_BxT) if cfg.per_layer_masks
+                  else shared_mask)
+      run = nnx.remat(Block.__call__) if cfg.remat else Block.__call__
+      x_BxTxD = run(block, x_BxTxD, attn_mask_BxTxS, positions_BxT, mlp_mask)
+    return self.final_norm(x_BxTxD)
+
+  def __call__(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
+    """Next-token logits, BxTxV in float32."""
+    x_BxTxD = self.hidden(tokens_BxT, segment_ids_BxT, positions_BxT, switch)
+    if self.cfg.tie_embeddings:
+      w_DxV = self.embed[...].T
+    else:
+      w_DxV = self.unembed[...]
+    logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(x_BxTxD.dtype),
+                              preferred_element_type=jnp.float32)
+    return constrain(logits_BxTxV, ("batch", "length", "vocab"))
+
+
+def param_count(cfg: ModelConfig) -> int:
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

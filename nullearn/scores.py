@@ -1,0 +1,38 @@
+"""Truth Ratio and its summaries.
+
+Orientation: R = Pn(answer) / geomean_d Pn(distractor_d), with Pn the per-token
+normalised probability exp(-mean token NLL). R > 1: the model prefers the truth;
+R ~ 1: no preference (a model that never saw the fact). This is the inverse of
+TOFU's stored ratio (distractors over answer); `tofu_forget_score` and
+`tofu_retain_score` convert.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def truth_ratio(option_nll: np.ndarray) -> np.ndarray:
+  """option_nll [probes, 1 + distractors] (mean NLL per token; answer first) -> R [probes]."""
+  nll = np.asarray(option_nll, np.float64)
+  return np.exp(np.nanmean(nll[:, 1:], axis=1) - nll[:, 0])
+
+
+def summarize(ratios: np.ndarray) -> dict[str, float]:
+  r = np.asarray(ratios, np.float64)
+  if r.size == 0:
+    return {"n": 0, "median": float("nan"), "mean": float("nan"), "frac_above_1": float("nan")}
+  return {"n": int(r.size), "median": float(np.median(r)), "mean": float(np.mean(r)),
+          "frac_above_1": float(np.mean(r > 1.0))}
+
+
+def tofu_forget_score(ratios: np.ndarray) -> float:
+  """TOFU's forget-set truth score mean(min(R', 1/R')), R' = 1/R; 1 = no preference."""
+  r = 1.0 / np.asarray(ratios, np.float64)
+  return float(np.mean(np.minimum(r, 1.0 / r)))
+
+
+def tofu_retain_score(ratios: np.ndarray) -> float:
+  """TOFU's retain-set truth score mean(max(0, 1 - R')), R' = 1/R; higher = knows."""
+  r = 1.0 / np.asarray(ratios, np.float64)
+  return float(np.mean(np.maximum(0.0, 1.0 - r)))

@@ -1,0 +1,120 @@
+"""One logical-axis-rules table maps parameter and activation names onto the mesh.
+
+Parameters carry logical names (``embed``, ``mlp``, ``heads`` ...); sharding a
+model differently is a change of mesh sizes, never of model code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axes. A name whose mesh axes do not divide the dimension
+# falls back to the longest prefix that does (5 KV heads on tensor=4: replicated).
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+)
+
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar(
+    "nullearn_mesh", default=None)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh size may be -1, got {sizes}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices do not divide into mesh {sizes}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+                     f"devices, {len(devices)} available")
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=LOGICAL_RULES) -> P:
+  """Mesh PartitionSpec for a logically named array, respecting divisibility."""
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for name, dim in zip(names, shape):
+    axes = table.get(name) if name is not None else None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    keep = []
+    for axis in axes:
+      size = math.prod(mesh.shape[a] for a in keep + [axis])
+      if axis in used or dim % size:
+        break
+      keep.append(axis)
+    keep = [a for a in keep if mesh.shape[a] > 1]
+    used.update(keep)
+    out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+  return P(*out)
+
+
+def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules=LOGICAL_RULES):
+  """NamedShardings for a pytree given a matching pytree of logical PartitionSpecs."""
+  return jax.tree.map(
+      lambda names, x: NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)),
+      logical_tree, abstract_tree)
+
+
+@contextlib.contextmanager
+def active_mesh(mesh: Mesh, rules=LOGICAL_RULES):
+  """Makes `constrain` shard activations over `mesh` while the context is open."""
+  token = _ACTIVE.set((mesh, tuple(rules)))
+  try:
+    with jax.set_mesh(mesh):
+      yield mesh
+  finally:
+    _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint by logical names; a no-op outside `active_mesh`."""
+  ctx = _ACTIVE.get()
+  if ctx is None:
+    return x
+  mesh, rules = ctx
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading axis over (data, fsdp): each device holds its slice of the batch."""
+  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def per_device_bytes(abstract_tree, shardings) -> int:
+  """Bytes one device holds for a sharded pytree (the largest shard counted)."""
+  total = 0
+  for x, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+    shard = s.shard_shape(x.shape)
+    total += int(np.prod(shard)) * np.dtype(x.dtype).itemsize
+  return total

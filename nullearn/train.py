@@ -1,0 +1,271 @@
+"""Training: a jitted, sharded step over (params, optimizer state) and a resumable loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import signal
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from flax import nnx, struct
+
+from nullearn import checkpoint as ckpt_lib
+from nullearn import flops, losses, optim, sharding
+from nullearn.data import pipeline
+from nullearn.data.records import Document
+from nullearn.data.tokenizer import Tokenizer
+from nullearn.model import ModelConfig, Transformer
+from nullearn.switch import Switch
+from nullearn.writer import MetricWriter
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything about a run that follows from its config, before any array exists."""
+  model_cfg: ModelConfig
+  graphdef: Any
+  tx: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+  abstract_state: TrainState
+  state_shardings: TrainState
+  steps: int
+  seed: int
+
+
+def abstract_model(model_cfg: ModelConfig):
+  """graphdef, abstract params (pure dict) and their logical axis names; allocates nothing."""
+  model = nnx.eval_shape(lambda: Transformer(model_cfg, nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  logical = jax.tree.map(lambda v: jax.sharding.PartitionSpec(*v.get_metadata()["out_sharding"]),
+                         state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(logical)
+
+
+def make_setup(config: ml_collections.ConfigDict, steps: int,
+               mesh: jax.sharding.Mesh | None = None) -> Setup:
+  model_cfg = ModelConfig.from_config(config.model)
+  mesh = mesh or sharding.make_mesh(**config.mesh)
+  graphdef, params, logical = abstract_model(model_cfg)
+  tx = optim.optimizer(config.train, steps)
+  opt_state = jax.eval_shape(tx.init, params)
+  param_sh = sharding.tree_shardings(logical, params, mesh)
+  opt_sh = optax.tree_map_params(
+      tx, lambda _, s: s, opt_state, param_sh,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state)
+  shardings = TrainState(sharding.replicated(mesh), param_sh, opt_sh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  return Setup(model_cfg, graphdef, tx, mesh, abstract, shardings, steps, config.seed)
+
+
+def init_state(setup: Setup) -> TrainState:
+  def init():
+    model = Transformer(setup.model_cfg, nnx.Rngs(setup.seed))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
+  return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+def loss_fn(params, graphdef, batch):
+  model = nnx.merge(graphdef, params)
+  logits = model(batch["inputs"], batch["segment_ids"], batch["positions"],
+                 Switch.sources(batch["source_ids"]))
+  return losses.mean_nll(logits, batch["targets"], batch["weights"])
+
+
+def make_train_step(setup: Setup):
+  """The jitted step: state in, state out (donated), with explicit shardings."""
+
+  def step(state: TrainState, batch):
+    (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, setup.graphdef, batch)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": tokens}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  batch_sh = {k: sharding.batch_sharding(setup.mesh) for k in pipeline.BATCH_KEYS}
+  return jax.jit(step, in_shardings=(setup.state_shardings, batch_sh),
+                 out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
+                 donate_argnums=0)
+
+
+def device_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh):
+  """Each process passes its local rows; together they form the global batch."""
+  sh = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sh, batch[k]) for k in pipeline.BATCH_KEYS}
+
+
+@dataclasses.dataclass
+class TrainResult:
+  workdir: pathlib.Path
+  setup: Setup
+  state: TrainState
+  history: list[dict[str, float]]
+  preempted: bool = False
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks, so a final checkpoint is written."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, nothing to restore
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def resolve_steps(config: ml_collections.ConfigDict, docs, tokenizer: Tokenizer) -> int:
+  """`train.steps`, or the number of batches in `train.epochs` passes over the corpus."""
+  if config.train.steps > 0:
+    return int(config.train.steps)
+  one_epoch = pipeline.training_dataset(
+      docs, tokenizer, seq_len=config.data.seq_len,
+      batch_size=config.data.batch_size * jax.process_count(), seed=config.data.shuffle_seed,
+      num_epochs=1, packing_bins=config.data.packing_bins)
+  return max(1, math.ceil(pipeline.count_batches(one_epoch) * config.train.epochs))
+
+
+def run_metadata(config, setup: Setup, tokenizer: Tokenizer) -> dict[str, Any]:
+  return {"config": json.loads(config.to_json()),
+          "sink_geometry": setup.model_cfg.sink_geometry,
+          "tokenizer": tokenizer.fingerprint,
+          "steps": setup.steps}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+          docs: Sequence[Document], tokenizer: Tokenizer, *,
+          mesh: jax.sharding.Mesh | None = None, stop_after: int | None = None,
+          writer: MetricWriter | None = None) -> TrainResult:
+  """Trains (or resumes) the run in `workdir`; `stop_after` ends early at that step."""
+  workdir = pathlib.Path(workdir)
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
+                     f"{config.model.vocab_size}")
+  steps = resolve_steps(config, docs, tokenizer)
+  setup = make_setup(config, steps, mesh)
+  writer = writer or MetricWriter(workdir)
+  dataset = pipeline.training_dataset(
+      docs, tokenizer, seq_len=config.data.seq_len, batch_size=config.data.batch_size,
+      seed=config.data.shuffle_seed, packing_bins=config.data.packing_bins,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      worker_count=config.data.worker_count)
+  data_iter = iter(dataset)
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  meta = run_metadata(config, setup, tokenizer)
+  state = _init_or_restore(setup, ckpt, data_iter, meta, writer)
+  start = int(state.step)
+  step_fn = make_train_step(setup)
+  history: list[dict[str, float]] = []
+  tokens_per_step = config.data.batch_size * jax.process_count() * config.data.seq_len
+  flops_per_step = flops.train_flops_per_token(setup.model_cfg, config.data.seq_len) * tokens_per_step
+  peak = flops.peak_flops()
+  schedule = optim.learning_rate(config.train, steps)
+  end = min(steps, stop_after) if stop_after is not None else steps
+  window: list[dict[str, float]] = []
+  pending = None
+  last_time = time.perf_counter()
+  bar = tqdm.tqdm(total=end, initial=start, disable=not (writer.enabled and config.train.progress),
+                  desc=workdir.name, dynamic_ncols=True, leave=False)
+  preempted = False
+  with sharding.active_mesh(setup.mesh), _Preemption() as preemption:
+    for step in range(start, end):
+      batch = device_batch(next(data_iter), setup.mesh)
+      state, metrics = step_fn(state, batch)
+      if pending is not None:  # one step late: the device already runs this step
+        now = time.perf_counter()
+        record = _finish(pending, now - last_time, tokens_per_step, flops_per_step, peak,
+                         schedule)
+        last_time = now
+        window.append(record)
+        history.append(record)
+        _maybe_log(writer, window, config.train.log_every, bar)
+      pending = (step + 1, metrics)
+      bar.update(1)
+      done = step + 1
+      if preemption.requested or (done % config.train.checkpoint_every == 0 and done < end):
+        ckpt.save(done, state, data_iter, meta)
+      if preemption.requested:
+        writer.text(f"SIGTERM: saved checkpoint at step {done}; exiting")
+        preempted = True
+        break
+    if pending is not None:
+      jax.block_until_ready(state)
+      record = _finish(pending, time.perf_counter() - last_time, tokens_per_step,
+                       flops_per_step, peak, schedule)
+      history.append(record)
+      window.append(record)
+      _maybe_log(writer, window, 1, bar)
+  bar.close()
+  if not preempted and end > start:
+    ckpt.save(end, state, data_iter, meta)
+  ckpt.close()
+  return TrainResult(workdir, setup, state, history, preempted)
+
+
+def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta, writer):
+  step = ckpt.latest_step()
+  if step is None:
+    pathlib.Path(ckpt.directory.parent).mkdir(parents=True, exist_ok=True)
+    return init_state(setup)
+  saved = ckpt.read_meta(step)
+  ckpt_lib.check_geometry(saved["sink_geometry"], setup.model_cfg,
+                          f"checkpoint {ckpt.directory}/{step}")
+  if saved.get("tokenizer") != meta["tokenizer"]:
+    raise ckpt_lib.CheckpointMismatchError(
+        f"checkpoint {ckpt.directory}/{step} was trained with tokenizer {saved.get('tokenizer')}, "
+        f"this run has {meta['tokenizer']}")
+  writer.text(f"resuming from {ckpt.directory}/{step}")
+  return ckpt.restore(step, setup.abstract_state, data_iter)
+
+
+def _finish(pending, seconds, tokens_per_step, flops_per_step, peak, schedule):
+  step, metrics = pending
+  record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  record.update(step=step, lr=float(schedule(step - 1)), step_time=seconds,
+                tokens_per_sec=tokens_per_step / seconds,
+                tokens_per_sec_per_device=tokens_per_step / seconds / jax.device_count())
+  if peak:
+    record["mfu"] = flops_per_step / seconds / (peak * jax.device_count())
+  return record
+
+
+def _maybe_log(writer: MetricWriter, window: list[dict[str, float]], every: int, bar) -> None:
+  if len(window) < every:
+    return
+  last = window[-1]
+  mean = {k: float(np.mean([r[k] for r in window])) for k in last if k != "step"}
+  mean["tokens"] = last["tokens"]
+  writer.write(int(last["step"]), mean)
+  bar.set_postfix(loss=f"{mean['loss']:.3f}", tok_s=f"{mean['tokens_per_sec']:.0f}")
+  window.clear()
