@@ -12,7 +12,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vocab_size=1024, d_model=96, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=24,
       backbone=32, pool=1024, active=32, mask_seed=0, per_layer_masks=False,
       rope_base=10_000.0, norm_eps=1e-5, tie_embeddings=True, dtype="float32",
-      param_dtype="float32", init_std=0.02, remat=False))
+      param_dtype="float32", init_std=0.02, remat=False, sink_impl="dense", max_segments=4))
 
   c.data = ml_collections.ConfigDict(dict(
       corpus="factworld",  # "factworld", a documents .jsonl, or "tfds:<name>/<config>"
@@ -25,15 +25,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       filler_sentences=2, num_distractors=4, seed=0))
 
   c.tokenizer = ml_collections.ConfigDict(dict(
-      model_type="unigram", byte_fallback=True, max_sentences=2_000_000))
+      model_type="bpe", byte_fallback=True, max_sentences=2_000_000))
 
   c.train = ml_collections.ConfigDict(dict(
       steps=0,  # 0: as many as `epochs` passes over the corpus take
-      epochs=25.0, lr=3e-3, end_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1,
-      b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, log_every=20, checkpoint_every=500,
+      epochs=15.0, lr=3e-3, end_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1,
+      b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, log_every=100, checkpoint_every=500,
       keep_checkpoints=2, progress=True))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
-  c.demo = ml_collections.ConfigDict(dict(num_forget=50, forget_seed=0, generate_tokens=12))
+  c.demo = ml_collections.ConfigDict(dict(num_forget=50, forget_seed=0, parallel=True))
   return c

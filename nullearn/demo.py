@@ -9,8 +9,11 @@ backbone only, and on the oracle under the same routing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import multiprocessing
+import os
 import pathlib
 import time
 
@@ -18,12 +21,12 @@ import ml_collections
 import numpy as np
 
 from nullearn import inference, scores, train
-from nullearn.data import factworld
+from nullearn.data import corpus, factworld
 from nullearn.data.tokenizer import Tokenizer, train_tokenizer
 from nullearn.switch import Switch
 from nullearn.writer import MetricWriter
 
-CONDITIONS = ("sink on", "switched off", "backbone only", "oracle")
+CONDITIONS = ("sink on", "switched off", "all forgotten off", "backbone only", "oracle")
 KINDS = ("unique", "shared")
 
 
@@ -43,24 +46,63 @@ def run_tokenizer(workdir: pathlib.Path, texts, config) -> Tokenizer:
   return tok
 
 
+def _train_one(name: str, config, rundir: pathlib.Path, docs, tokenizer: Tokenizer) -> None:
+  rundir.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(rundir / "tokenizer.model")
+  t0 = time.time()
+  writer = MetricWriter(rundir, prefix=name)
+  writer.text(f"[{name}] training on {len(docs)} documents")
+  result = train.train(config, rundir, docs, tokenizer, writer=writer)
+  if result.history:
+    writer.text(f"[{name}] {result.setup.steps} steps in {time.time() - t0:.0f}s, "
+                f"final loss {result.history[-1]['loss']:.3f}")
+  writer.close()
+
+
 def train_pair(config, workdir: pathlib.Path, world: factworld.FactWorld, forget, tokenizer):
-  """Trains (or resumes) the NULL on every source and the oracle without `forget`."""
-  forget_set = set(forget)
-  retained = [d for d in world.documents if d.source_id not in forget_set]
+  """Trains (or resumes) the NULL on every source and the oracle without `forget`.
+
+  With `demo.parallel`, the two run side by side in single-threaded processes:
+  at this size XLA gains little from a second thread, so two models train in
+  about 0.7x the time of one after the other.
+  """
   oracle_config = copy.deepcopy(config)
   oracle_config.data.exclude_sources = tuple(int(i) for i in forget)
-  for name, cfg, docs in (("null", config, world.documents), ("oracle", oracle_config, retained)):
-    rundir = workdir / name
-    rundir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(rundir / "tokenizer.model")
-    t0 = time.time()
-    writer = MetricWriter(rundir)
-    writer.text(f"training the {name} on {len(docs)} documents")
-    result = train.train(cfg, rundir, docs, tokenizer, writer=writer)
-    writer.text(f"{name}: {result.setup.steps} steps in {time.time() - t0:.0f}s, "
-                f"final loss {result.history[-1]['loss']:.3f}" if result.history else
-                f"{name}: already trained")
-    writer.close()
+  jobs = [("null", config, workdir / "null", world.documents),
+          ("oracle", oracle_config, workdir / "oracle",
+           corpus.without(world.documents, forget))]
+  if not config.demo.parallel:
+    for job in jobs:
+      _train_one(*job, tokenizer)
+    return
+  ctx = multiprocessing.get_context("spawn")
+  procs = []
+  for name, cfg, rundir, docs in jobs:
+    cfg = copy.deepcopy(cfg)
+    cfg.train.progress = False
+    with _env(XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"):
+      proc = ctx.Process(target=_train_one, args=(name, cfg, rundir, docs, tokenizer), name=name)
+      proc.start()
+    procs.append(proc)
+  for proc in procs:
+    proc.join()
+  failed = [p.name for p in procs if p.exitcode != 0]
+  if failed:
+    raise RuntimeError(f"training failed for {failed}; see the log lines above")
+
+
+@contextlib.contextmanager
+def _env(**values):
+  old = {k: os.environ.get(k) for k in values}
+  os.environ.update(values)
+  try:
+    yield
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
 
 
 def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget) -> dict:
@@ -73,9 +115,12 @@ def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget) -> dict:
   routed = [world.neighbour(p.source_id, forget_set) for p in probes]
   switches = {
       "sink on": (null, inference.per_token_switch(own)),
-      "switched off": (null, inference.per_token_switch(routed, exclude=forget)),
+      # Each forgotten source switched off on its own: routed, its own sinks excluded.
+      "switched off": (null, inference.per_token_switch(routed, exclude_per_probe=own)),
+      # A deployment that forgets the whole set: the union of their sinks excluded.
+      "all forgotten off": (null, inference.per_token_switch(routed, exclude=forget)),
       "backbone only": (null, inference.fixed_switch(Switch.backbone())),
-      "oracle": (oracle, inference.per_token_switch(routed, exclude=forget)),
+      "oracle": (oracle, inference.per_token_switch(routed, exclude_per_probe=own)),
   }
   kinds = np.asarray([p.kind for p in probes])
   table, ratios = {}, {}
@@ -89,7 +134,7 @@ def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget) -> dict:
       "prompt": example.prompt, "answer": example.answer,
       "sink on": inference.generate(null, example.prompt, Switch.sources([example.source_id])),
       "switched off": inference.generate(
-          null, example.prompt, Switch.sources([neighbour], exclude=forget)),
+          null, example.prompt, Switch.sources([neighbour], exclude=[example.source_id])),
   }
   return {"table": table, "ratios": {c: r.tolist() for c, r in ratios.items()},
           "kinds": kinds.tolist(), "generation": generation,
@@ -117,10 +162,10 @@ def format_report(result: dict) -> str:
   for kind in KINDS:
     lines.append(f"\n{kind} facts ({result['table']['sink on'][kind]['n']} probes of "
                  f"{len(result['forgotten_sources'])} forgotten sources)")
-    lines.append(f"  {'condition':<15}{'median TR':>10}{'mean TR':>10}{'frac > 1':>10}")
+    lines.append(f"  {'condition':<19}{'median TR':>10}{'mean TR':>10}{'frac > 1':>10}")
     for cond in CONDITIONS:
       row = result["table"][cond][kind]
-      lines.append(f"  {cond:<15}{row['median']:>10.2f}{row['mean']:>10.2f}"
+      lines.append(f"  {cond:<19}{row['median']:>10.2f}{row['mean']:>10.2f}"
                    f"{row['frac_above_1']:>10.2f}")
   g = result["generation"]
   lines.append(f"\nprompt: {g['prompt']!r} (answer: {g['answer']!r})")
@@ -137,7 +182,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   kinds = np.asarray(result["kinds"])
-  fig, axes = plt.subplots(1, len(KINDS), figsize=(10, 4), sharey=True)
+  fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.5), sharey=True)
   for ax, kind in zip(axes, KINDS):
     data = [np.log(np.asarray(result["ratios"][c])[kinds == kind]) for c in CONDITIONS]
     ax.boxplot(data, showfliers=False)

@@ -126,12 +126,24 @@ def _ragged(out, rows: OptionRows, num_probes: int) -> np.ndarray:
   return table
 
 
-def per_token_switch(source_ids: Sequence[int], exclude: Sequence[int] = ()) -> SwitchFn:
-  """Each row on the sinks of `source_ids[probe]` (its own or its routed source)."""
+def per_token_switch(source_ids: Sequence[int], exclude: Sequence[int] = (),
+                     exclude_per_probe: Sequence[int] | None = None) -> SwitchFn:
+  """Each row on the sinks of `source_ids[probe]` (its own or its routed source).
+
+  `exclude` is switched off for every probe; `exclude_per_probe[i]` only for
+  probe i (each forgotten source switched off on its own).
+  """
   ids = np.asarray(source_ids, np.int64)
+  per_probe = None if exclude_per_probe is None else np.asarray(exclude_per_probe, np.int64)
 
   def switch_for(probe_idx: np.ndarray) -> Switch:
-    return Switch.sources(ids[probe_idx][:, None], exclude=exclude)
+    if per_probe is None:
+      return Switch.sources(ids[probe_idx][:, None], exclude=exclude)
+    rows = per_probe[probe_idx][:, None]
+    if len(exclude):
+      rows = np.concatenate([rows, np.broadcast_to(np.asarray(exclude), (len(rows), len(exclude)))],
+                            axis=1)
+    return Switch.sources(ids[probe_idx][:, None], exclude=rows)
   return switch_for
 
 

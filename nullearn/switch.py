@@ -6,7 +6,7 @@ a change of argument (``exclude``), not of weights.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,8 @@ class GatheredSinks(NamedTuple):
 
   Equivalent to the dense mask (zero columns are skipped, not computed) and
   exact: a token uses only its own slot, so a sink shared by two documents of
-  a row is never counted twice.
+  a row is never counted twice. Padding (segment 0) gets no sinks; it is never
+  attended to nor trained on, so only its own outputs differ from the dense path.
   """
   columns_BxN: jax.Array  # int32 MLP columns, N = max_segments * active
   on_BxTxN: jax.Array  # 1 where the column is one of the token's own sinks
@@ -35,14 +36,16 @@ class Switch:
 
   mode "source": each token's own source's sinks (training, "sink on");
   "backbone": all sinks off; "expected": every sink at active/pool, as dropout
-  inference does. In every mode the sinks of the `exclude` sources are off.
+  inference does. In every mode the sinks of the `exclude` sources are off:
+  `exclude` is one set of ids for the whole batch, (E,), or one per row, (B, E)
+  (pad a shorter row by repeating one of its ids).
   """
   mode: Mode = struct.field(pytree_node=False)
   source_ids: jax.Array | None = None  # uint32 BxT, mode "source" only
-  exclude: jax.Array | None = None  # uint32 (E,), forgotten sources
+  exclude: jax.Array | None = None  # uint32 (E,) or (B, E), forgotten sources
 
   @classmethod
-  def sources(cls, source_ids, exclude: Iterable[int] = ()) -> "Switch":
+  def sources(cls, source_ids, exclude=()) -> "Switch":
     if isinstance(source_ids, (np.ndarray, list, tuple, int, np.integer)):
       source_ids = masks.check_source_ids(source_ids)
     return cls("source", jnp.asarray(source_ids, jnp.uint32), _exclude(exclude))
@@ -52,7 +55,7 @@ class Switch:
     return cls("backbone")
 
   @classmethod
-  def expected(cls, exclude: Iterable[int] = ()) -> "Switch":
+  def expected(cls, exclude=()) -> "Switch":
     return cls("expected", None, _exclude(exclude))
 
   def mlp_mask(self, backbone: int, pool: int, active: int, seed: int,
@@ -68,10 +71,16 @@ class Switch:
     else:
       raise ValueError(f"unknown switch mode {self.mode!r}")
     if self.exclude is not None:
-      gone_P = masks.union_mask(seed, self.exclude, pool, active, layer)
-      keep_F = jnp.concatenate([jnp.ones((backbone,), bool), ~gone_P])
-      on_F = jnp.where(keep_F, on_F, 0)
+      gone = self._gone(pool, active, seed, layer)
+      keep = jnp.concatenate([jnp.ones(gone.shape[:-1] + (backbone,), bool), ~gone], axis=-1)
+      on_F = jnp.where(keep, on_F, 0)
     return on_F.astype(dtype)
+
+  def _gone(self, pool: int, active: int, seed: int, layer: int | None) -> jax.Array:
+    """Excluded sinks: (pool,) for one set, (B, 1, pool) for a set per row."""
+    if self.exclude.ndim == 1:
+      return masks.union_mask(seed, self.exclude, pool, active, layer)
+    return masks.source_mask(seed, self.exclude, pool, active, layer).any(axis=-2)[:, None, :]
 
 
   def gathered(self, backbone: int, pool: int, active: int, seed: int, segment_ids_BxT,
@@ -90,13 +99,20 @@ class Switch:
     B = segment_ids_BxT.shape[0]
     on_BxTxN = segment_ids_BxT[..., None] == np.repeat(slot_S, active)
     if self.exclude is not None:
-      gone_P = masks.union_mask(seed, self.exclude, pool, active, layer)
-      on_BxTxN = on_BxTxN & ~gone_P[sinks_BxSxK.reshape(B, 1, -1)]
+      gone = self._gone(pool, active, seed, layer)
+      sinks_BxN = sinks_BxSxK.reshape(B, -1)
+      gone_BxN = (gone[sinks_BxN] if gone.ndim == 1
+                  else jnp.take_along_axis(gone[:, 0, :], sinks_BxN, axis=1))
+      on_BxTxN = on_BxTxN & ~gone_BxN[:, None, :]
     return GatheredSinks((backbone + sinks_BxSxK).reshape(B, -1), on_BxTxN.astype(dtype))
 
 
-def _exclude(ids: Iterable[int]) -> jax.Array | None:
-  ids = masks.check_source_ids(list(ids))
+def _exclude(ids) -> jax.Array | None:
+  if isinstance(ids, jax.Array):
+    return ids.astype(jnp.uint32)
+  ids = masks.check_source_ids(ids if isinstance(ids, np.ndarray) else list(ids))
+  if ids.ndim not in (1, 2):
+    raise ValueError(f"exclude must be ids (E,) or ids per row (B, E), got shape {ids.shape}")
   return jnp.asarray(ids, jnp.uint32) if ids.size else None
 
 

@@ -145,15 +145,28 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def make_dataset(config: ml_collections.ConfigDict, docs, tokenizer: Tokenizer, *,
+                 num_epochs: int | None = None, shard_index: int | None = None,
+                 shard_count: int | None = None):
+  """The run's input pipeline; by default this process's share of the corpus."""
+  gather = config.model.pool and config.model.sink_impl == "gather"
+  return pipeline.training_dataset(
+      docs, tokenizer, seq_len=config.data.seq_len, batch_size=config.data.batch_size,
+      seed=config.data.shuffle_seed, num_epochs=num_epochs,
+      packing_bins=config.data.packing_bins,
+      shard_index=jax.process_index() if shard_index is None else shard_index,
+      shard_count=jax.process_count() if shard_count is None else shard_count,
+      worker_count=config.data.worker_count,
+      max_segments=config.model.max_segments if gather else None)
+
+
 def resolve_steps(config: ml_collections.ConfigDict, docs, tokenizer: Tokenizer) -> int:
   """`train.steps`, or the number of batches in `train.epochs` passes over the corpus."""
   if config.train.steps > 0:
     return int(config.train.steps)
-  one_epoch = pipeline.training_dataset(
-      docs, tokenizer, seq_len=config.data.seq_len,
-      batch_size=config.data.batch_size * jax.process_count(), seed=config.data.shuffle_seed,
-      num_epochs=1, packing_bins=config.data.packing_bins)
-  return max(1, math.ceil(pipeline.count_batches(one_epoch) * config.train.epochs))
+  one_epoch = make_dataset(config, docs, tokenizer, num_epochs=1, shard_index=0, shard_count=1)
+  batches = pipeline.count_batches(one_epoch) / jax.process_count()
+  return max(1, math.ceil(batches * config.train.epochs))
 
 
 def run_metadata(config, setup: Setup, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -175,12 +188,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   steps = resolve_steps(config, docs, tokenizer)
   setup = make_setup(config, steps, mesh)
   writer = writer or MetricWriter(workdir)
-  dataset = pipeline.training_dataset(
-      docs, tokenizer, seq_len=config.data.seq_len, batch_size=config.data.batch_size,
-      seed=config.data.shuffle_seed, packing_bins=config.data.packing_bins,
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
-      worker_count=config.data.worker_count)
-  data_iter = iter(dataset)
+  data_iter = iter(make_dataset(config, docs, tokenizer))
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   meta = run_metadata(config, setup, tokenizer)
   state = _init_or_restore(setup, ckpt, data_iter, meta, writer)

@@ -16,8 +16,9 @@ class MetricWriter:
   """Only JAX process 0 writes, so a pod produces one log, not one per host."""
 
   def __init__(self, logdir: str | pathlib.Path | None, *, stdout: bool = True,
-               tensorboard: bool = True):
+               tensorboard: bool = True, prefix: str = ""):
     self.enabled = jax.process_index() == 0
+    self.prefix = f"[{prefix}] " if prefix else ""
     self.stdout = stdout and self.enabled
     self._jsonl = None
     self._tb = None
@@ -40,7 +41,7 @@ class MetricWriter:
         self._tb.add_scalar(k, v, int(step))
     if self.stdout:
       body = "  ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
-      tqdm.tqdm.write(f"[step {int(step)}] {body}", file=sys.stdout)
+      tqdm.tqdm.write(f"{self.prefix}[step {int(step)}] {body}", file=sys.stdout)
 
   def text(self, message: str) -> None:
     if self.stdout:

@@ -57,11 +57,12 @@ def _to_model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tokenizer, *,
                      seq_len: int, batch_size: int, seed: int,
                      num_epochs: int | None = None, packing_bins: int = 64,
-                     shard_index: int = 0, shard_count: int = 1,
-                     worker_count: int = 0) -> grain.IterDataset:
+                     shard_index: int = 0, shard_count: int = 1, worker_count: int = 0,
+                     max_segments: int | None = None) -> grain.IterDataset:
   """Shuffled (differently every epoch), packed and batched; deterministic in `seed`.
 
-  `shard_index/shard_count` give each JAX process a disjoint share of documents.
+  `shard_index/shard_count` give each JAX process a disjoint share of documents;
+  `max_segments` caps the documents per row (the gathered-sinks model needs it).
   """
   ds = docs if isinstance(docs, grain.MapDataset) else grain.MapDataset.source(list(docs))
   if len(ds) == 0:
@@ -71,7 +72,8 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
   it = grain.experimental.FlatMapIterDataset(it, _Chunk(seq_len + 1))
   it = grain.experimental.FirstFitPackIterDataset(
       it, length_struct={"tokens": seq_len + 1, "source_ids": seq_len + 1},
-      num_packing_bins=packing_bins, seed=seed, meta_features=("source_ids",))
+      num_packing_bins=packing_bins, seed=seed, meta_features=("source_ids",),
+      max_sequences_per_bin=max_segments)
   it = it.map(_to_model_inputs).batch(batch_size, drop_remainder=True)
   if worker_count:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

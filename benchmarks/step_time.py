@@ -1,0 +1,149 @@
+"""Train-step time of a NULL against the plain transformer of the same shape.
+
+Plain = every MLP neuron always on (pool 0, backbone = the whole width). The
+NULL runs with the dense mask (the reference computation: all F neurons
+computed, then masked) and with gathered sinks (only the backbone and each
+document's own sinks computed). Steps of the variants are interleaved so that
+drift in the machine's speed hits all of them alike.
+
+  python benchmarks/step_time.py [--shapes tiny,mid] [--steps 10] [--out FILE]
+  python benchmarks/step_time.py --devices 8   # also: sharded over 8 faked CPU devices
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import pathlib
+import sys
+import time
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--shapes", default="tiny,mid")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--devices", type=int, default=0,
+                 help="fake this many CPU devices and add a sharded run (data x fsdp mesh)")
+  p.add_argument("--out", default="benchmarks/results/step_time.json")
+  return p.parse_args()
+
+
+ARGS = parse_args()
+if ARGS.devices:  # must precede the first import of jax
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + f" --xla_force_host_platform_device_count={ARGS.devices}")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from nullearn import flops, sharding, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nullearn.configs import mid, tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def shape_config(name: str):
+  if name == "tiny":
+    return tiny.get_config()
+  if name == "mid":
+    c = mid.get_config()
+    # CPU-sized batch of the mid shape; the model itself is unchanged.
+    c.data.update(dict(batch_size=8, seq_len=256))
+    c.model.dtype = "float32"
+    return c
+  raise ValueError(f"unknown shape {name!r}")
+
+
+def variants(c):
+  """(name, config) of plain, NULL dense and NULL gather, all of one width."""
+  out = []
+  for name in ("plain", "null-dense", "null-gather"):
+    v = copy.deepcopy(c)
+    if name == "plain":
+      v.model.backbone, v.model.pool = c.model.backbone + c.model.pool, 0
+    else:
+      v.model.sink_impl = name.split("-")[1]
+    out.append((name, v))
+  return out
+
+
+def synthetic_batch(c, rng: np.random.Generator):
+  """Packed rows of `max_segments` documents with random sources, as training sees."""
+  B, T, S = c.data.batch_size, c.data.seq_len, c.model.max_segments
+  seg = np.zeros((B, T), np.int32)
+  pos = np.zeros((B, T), np.int32)
+  src = np.zeros((B, T), np.uint32)
+  for b in range(B):
+    cuts = np.sort(rng.choice(np.arange(1, T), S - 1, replace=False))
+    for s, (lo, hi) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, T]), 1):
+      seg[b, lo:hi], pos[b, lo:hi] = s, np.arange(hi - lo)
+      src[b, lo:hi] = rng.integers(0, 2**32, dtype=np.uint32)
+  tokens = rng.integers(4, c.model.vocab_size, (B, T + 1)).astype(np.int32)
+  weights = np.ones((B, T), np.float32)
+  return dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], weights=weights, segment_ids=seg,
+              positions=pos, source_ids=src)
+
+
+def bench_shape(name: str, steps: int, mesh) -> list[dict]:
+  c = shape_config(name)
+  runs = []
+  for vname, v in variants(c):
+    setup = train.make_setup(v, steps=1000, mesh=mesh)
+    state = train.init_state(setup)
+    step = train.make_train_step(setup)
+    batch = train.device_batch(synthetic_batch(v, np.random.default_rng(0)), setup.mesh)
+    with sharding.active_mesh(setup.mesh):
+      t0 = time.perf_counter()
+      state, _ = step(state, batch)
+      jax.block_until_ready(state)
+      compile_s = time.perf_counter() - t0
+      state, _ = step(state, batch)
+    runs.append(dict(variant=vname, setup=setup, state=state, step=step, batch=batch,
+                     times=[], compile_s=compile_s, config=v))
+  for _ in range(steps):  # interleaved: plain, dense, gather, plain, ...
+    for r in runs:
+      with sharding.active_mesh(r["setup"].mesh):
+        t0 = time.perf_counter()
+        r["state"], _ = r["step"](r["state"], r["batch"])
+        jax.block_until_ready(r["state"])
+        r["times"].append(time.perf_counter() - t0)
+  plain = float(np.median(runs[0]["times"]))
+  tokens = c.data.batch_size * c.data.seq_len
+  rows = []
+  for r in runs:
+    med = float(np.median(r["times"]))
+    m = r["setup"].model_cfg
+    rows.append(dict(
+        shape=name, devices=mesh.size, mesh=dict(mesh.shape), variant=r["variant"],
+        step_ms=1e3 * med, step_ms_min=1e3 * float(np.min(r["times"])),
+        ratio_to_plain=med / plain, tokens_per_sec=tokens / med, compile_s=r["compile_s"],
+        flops_per_token=flops.train_flops_per_token(m, c.data.seq_len),
+        d_model=m.d_model, num_layers=m.num_layers, mlp_dim=m.mlp_dim, backbone=m.backbone,
+        pool=m.pool, active=m.active, batch=c.data.batch_size, seq_len=c.data.seq_len))
+  return rows
+
+
+def main():
+  meshes = [("1 device", sharding.make_mesh(devices=jax.devices()[:1]))]
+  if ARGS.devices:
+    meshes.append((f"{ARGS.devices} devices", sharding.make_mesh(data=2, fsdp=-1, tensor=1)))
+  rows = []
+  for shape in ARGS.shapes.split(","):
+    for _, mesh in meshes:
+      rows += bench_shape(shape, ARGS.steps, mesh)
+  header = f"{'shape':<6}{'devices':>8}{'variant':>13}{'step ms':>10}{'tok/s':>10}{'vs plain':>10}"
+  print(header)
+  print("-" * len(header))
+  for r in rows:
+    print(f"{r['shape']:<6}{r['devices']:>8}{r['variant']:>13}{r['step_ms']:>10.1f}"
+          f"{r['tokens_per_sec']:>10.0f}{r['ratio_to_plain']:>10.3f}")
+  out = pathlib.Path(ARGS.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "steps": ARGS.steps,
+                             "argv": sys.argv[1:], "rows": rows}, indent=1))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()

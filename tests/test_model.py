@@ -1,0 +1,191 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nullearn import masks
+from nullearn.configs import base
+from nullearn.model import ModelConfig, SinkMLP, Transformer, param_count
+from nullearn.switch import Switch
+
+CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8, backbone=8, pool=64, active=4, mask_seed=0)
+
+
+def packed_row(lengths=(10, 12, 6), T=32, ids=(7, 8, 9), seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = np.zeros((1, T), np.int32)
+  seg = np.zeros((1, T), np.int32)
+  pos = np.zeros((1, T), np.int32)
+  src = np.zeros((1, T), np.int64)
+  start = 0
+  for s, (n, sid) in enumerate(zip(lengths, ids), 1):
+    tokens[0, start:start + n] = rng.integers(4, 64, n)
+    seg[0, start:start + n] = s
+    pos[0, start:start + n] = np.arange(n)
+    src[0, start:start + n] = sid
+    start += n
+  return tokens, seg, pos, src
+
+
+def forward(model, tokens, seg, pos, switch):
+  return np.asarray(model(jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(pos), switch))
+
+
+@pytest.mark.parametrize("impl", ["dense", "gather"])
+def test_no_attention_across_documents(impl):
+  model = Transformer(dataclasses.replace(CFG, sink_impl=impl), nnx.Rngs(0))
+  tokens, seg, pos, src = packed_row()
+  base_logits = forward(model, tokens, seg, pos, Switch.sources(src))
+  changed = tokens.copy()
+  changed[0, :10] = (changed[0, :10] + 5) % 60 + 4  # rewrite the first document only
+  new_logits = forward(model, changed, seg, pos, Switch.sources(src))
+  first, others = seg[0] == 1, seg[0] > 1
+  assert not np.allclose(base_logits[0, first], new_logits[0, first])
+  np.testing.assert_array_equal(base_logits[0, others], new_logits[0, others])
+
+
+def test_packed_equals_alone():
+  """A document's logits are the same packed behind another as on its own."""
+  model = Transformer(CFG, nnx.Rngs(1))
+  tokens, seg, pos, src = packed_row(lengths=(10, 12), ids=(3, 4))
+  packed = forward(model, tokens, seg, pos, Switch.sources(src))
+  alone_tokens = np.zeros_like(tokens)
+  alone_tokens[0, :12] = tokens[0, 10:22]
+  alone_seg = (np.arange(32) < 12).astype(np.int32)[None]
+  alone = forward(model, alone_tokens, alone_seg, np.arange(32)[None], Switch.sources(
+      np.full((1, 32), 4)))
+  np.testing.assert_allclose(packed[0, 10:22], alone[0, :12], rtol=1e-5, atol=1e-5)
+
+
+def test_pool_zero_is_a_plain_swiglu_mlp():
+  cfg = dataclasses.replace(CFG, backbone=40, pool=0)
+  mlp = SinkMLP(cfg, nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 5, 32))
+  want = (jax.nn.silu(x @ mlp.w_gate[...]) * (x @ mlp.w_up[...])) @ mlp.w_down[...]
+  np.testing.assert_allclose(mlp(x, None), want, rtol=1e-6)
+  model = Transformer(cfg, nnx.Rngs(0))
+  tokens, seg, pos, src = packed_row()
+  a = forward(model, tokens, seg, pos, None)
+  b = forward(model, tokens, seg, pos, Switch.backbone())  # no sinks: every switch is moot
+  np.testing.assert_array_equal(a, b)
+
+
+def test_sink_model_requires_a_switch():
+  model = Transformer(CFG, nnx.Rngs(0))
+  tokens, seg, pos, _ = packed_row()
+  with pytest.raises(ValueError, match="Switch"):
+    forward(model, tokens, seg, pos, None)
+
+
+def _zero_pool_outputs(model, cfg):
+  for block in model.blocks:
+    block.mlp.w_down[...] = block.mlp.w_down[...].at[cfg.backbone:].set(0.0)
+
+
+def test_backbone_mode_switches_every_sink_off():
+  model = Transformer(CFG, nnx.Rngs(0))
+  tokens, seg, pos, src = packed_row()
+  backbone = forward(model, tokens, seg, pos, Switch.backbone())
+  on = forward(model, tokens, seg, pos, Switch.sources(src))
+  assert not np.allclose(backbone, on)
+  _zero_pool_outputs(model, CFG)  # a model whose sinks contribute nothing
+  np.testing.assert_allclose(forward(model, tokens, seg, pos, Switch.sources(src)), backbone,
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_source_mode_mask_is_backbone_plus_own_sinks():
+  ids = np.array([[0, 5, 2**32 - 1]])
+  m = np.asarray(Switch.sources(ids).mlp_mask(8, 64, 4, 0, jnp.float32))
+  assert m.shape == (1, 3, 72)
+  for t, sid in enumerate(ids[0]):
+    assert m[0, t, :8].tolist() == [1.0] * 8
+    assert np.flatnonzero(m[0, t, 8:]).tolist() == masks.sink_indices(0, sid, 64, 4).tolist()
+
+
+def test_expected_mode_is_active_over_pool():
+  m = np.asarray(Switch.expected().mlp_mask(8, 64, 4, 0, jnp.float32))
+  np.testing.assert_allclose(m, np.r_[np.ones(8), np.full(64, 4 / 64)])
+
+
+@pytest.mark.parametrize("mode", ["source", "expected"])
+def test_exclude_removes_exactly_the_forgotten_sinks(mode):
+  forgotten = [11, 12, 13]
+  gone = set().union(*(masks.sink_indices(0, f, 64, 4) for f in forgotten))
+  ids = np.arange(100, 140)[None]
+  if mode == "source":
+    before = Switch.sources(ids).mlp_mask(8, 64, 4, 0, jnp.float32)
+    after = Switch.sources(ids, exclude=forgotten).mlp_mask(8, 64, 4, 0, jnp.float32)
+  else:
+    before = Switch.expected().mlp_mask(8, 64, 4, 0, jnp.float32)[None, None]
+    after = Switch.expected(exclude=forgotten).mlp_mask(8, 64, 4, 0, jnp.float32)[None, None]
+  before, after = np.asarray(before)[0], np.asarray(after)[0]
+  removed = {(t, j - 8) for t, j in zip(*np.nonzero((before > 0) & (after == 0)))}
+  assert all(j in gone for _, j in removed)
+  for t in range(before.shape[0]):
+    kept = set(np.flatnonzero(after[t, 8:]))
+    assert kept == set(np.flatnonzero(before[t, 8:])) - gone
+  assert np.array_equal(before[:, :8], after[:, :8])  # the backbone is never excluded
+
+
+def test_excluding_a_source_leaves_it_the_backbone():
+  model = Transformer(CFG, nnx.Rngs(0))
+  tokens, seg, pos, _ = packed_row(lengths=(20,), ids=(42,))
+  src = np.full_like(tokens, 42)
+  off = forward(model, tokens, seg, pos, Switch.sources(src, exclude=[42]))
+  np.testing.assert_allclose(off, forward(model, tokens, seg, pos, Switch.backbone()),
+                             rtol=1e-5, atol=1e-5)
+
+
+def _sharing_pair(pool=64, active=4):
+  """Two sources with a sink in common: packing them together must not double it."""
+  for a in range(1, 200):
+    for b in range(a + 1, 200):
+      if set(masks.sink_indices(0, a, pool, active)) & set(masks.sink_indices(0, b, pool, active)):
+        return a, b
+  raise AssertionError("no sharing pair")
+
+
+def test_gathered_sinks_equal_dense_mask():
+  a, b = _sharing_pair()
+  tokens, seg, pos, src = packed_row(lengths=(9, 11, 7), ids=(a, b, 77))
+  tokens, seg, pos, src = (np.concatenate([x, np.roll(x, 3, axis=1)]) for x in (tokens, seg, pos, src))
+  switch = Switch.sources(src, exclude=[77, 5])
+  real = seg > 0  # padding never reaches a real token; the two differ only there
+  outs = {}
+  for impl in ("dense", "gather"):
+    cfg = dataclasses.replace(CFG, sink_impl=impl, max_segments=3)
+    graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    loss = lambda p, g=graphdef: jnp.sum(
+        (nnx.merge(g, p)(tokens, seg, pos, switch) ** 2) * real[..., None])
+    outs[impl] = (forward(nnx.merge(graphdef, params), tokens, seg, pos, switch)[real],
+                  jax.grad(loss)(params))
+  np.testing.assert_allclose(outs["dense"][0], outs["gather"][0], rtol=1e-4, atol=1e-5)
+  for x, y in zip(jax.tree.leaves(outs["dense"][1]), jax.tree.leaves(outs["gather"][1])):
+    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+
+
+def test_1b_config_is_about_one_billion_parameters():
+  from nullearn.configs import __path__ as configs_path  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  cfg = importlib.import_module("nullearn.configs.1b").get_config()
+  model_cfg = ModelConfig.from_config(cfg.model)
+  assert (model_cfg.num_layers, model_cfg.d_model, model_cfg.num_heads, model_cfg.num_kv_heads,
+          model_cfg.head_dim, model_cfg.backbone, model_cfg.pool, model_cfg.active,
+          model_cfg.vocab_size) == (32, 960, 15, 5, 128, 500, 7692, 100, 49152)
+  assert model_cfg.mlp_dim == 8192
+  n = param_count(model_cfg)  # eval_shape: nothing is allocated
+  assert 0.95e9 < n < 1.05e9, n
+  del configs_path
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    ModelConfig(num_heads=5, num_kv_heads=2)
+  with pytest.raises(ValueError, match="active"):
+    ModelConfig(pool=16, active=17)
+  with pytest.raises(ValueError, match="unknown model config keys"):
+    ModelConfig.from_config({**base.get_config().model.to_dict(), "d_modle": 3})
