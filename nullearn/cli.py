@@ -9,7 +9,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 import nullearn.configs
@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     print(USAGE, file=sys.stderr)
     sys.exit(0 if len(argv) > 1 and argv[1] in ("-h", "--help", "help") else 2)
   command = argv.pop(1)
-  app.run(COMMANDS[command], argv=argv)
+
+  def run(args):
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore at INFO
+    COMMANDS[command](args)
+  app.run(run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@
 A source's sinks are derived on the fly from ``fold_in(key(seed), source_id)``;
 there is no table of sources anywhere, so millions of sources cost nothing.
 
-The pool is cut into ``active`` contiguous strata of near-equal size
-(boundaries ``floor(j * pool / active)``) and a source switches on exactly one
-sink per stratum. Compared with a uniform ``active``-subset this keeps what
-matters (exactly ``active`` sinks, each sink on for a fraction ~active/pool of
-sources, two sources sharing ~active**2/pool sinks on average) while costing
-O(active) random bits per token instead of a permutation of the pool, and the
-dense mask is built by one gather and compare, with no scatter. Every uint32
-id is valid, 0 included; no id is special.
+The pool is cut into ``active`` contiguous strata, the first ``pool % active``
+of ``pool // active + 1`` sinks and the rest of ``pool // active``, and a
+source switches on exactly one sink per stratum. Compared with a uniform
+``active``-subset this keeps what matters (exactly ``active`` sinks, each sink
+on for a fraction ~active/pool of sources, two sources sharing ~active**2/pool
+sinks on average) while costing O(active) random bits per token instead of a
+permutation of the pool, and the dense mask is a broadcast compare and reshape:
+no gather, no scatter, so XLA fuses it into its consumers. Every uint32 id is
+valid, 0 included; no id is special.
 """
 
 from __future__ import annotations
@@ -37,21 +38,20 @@ def check_source_ids(ids) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def strata(pool: int, active: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Stratum sizes (active,), stratum of each sink (pool,), offset within it (pool,)."""
+def strata(pool: int, active: int) -> tuple[np.ndarray, np.ndarray]:
+  """Size (active,) and first pool index (active,) of each stratum."""
   if not 0 < active <= pool:
     raise ValueError(f"need 0 < active <= pool, got active={active}, pool={pool}")
-  starts = (np.arange(active + 1, dtype=np.int64) * pool) // active
-  sizes_K = np.diff(starts).astype(np.uint32)
-  stratum_P = np.repeat(np.arange(active, dtype=np.int32), sizes_K)
-  within_P = (np.arange(pool) - starts[stratum_P]).astype(np.int32)
-  return sizes_K, stratum_P, within_P
+  small, wide = divmod(pool, active)
+  sizes_K = np.where(np.arange(active) < wide, small + 1, small).astype(np.uint32)
+  starts_K = np.concatenate([[0], np.cumsum(sizes_K)[:-1]]).astype(np.int32)
+  return sizes_K, starts_K
 
 
 def sink_offsets(seed: int, ids: jax.Array, pool: int, active: int,
                  layer: int | None = None) -> jax.Array:
   """Offset of the chosen sink inside each stratum, shape ids.shape + (active,)."""
-  sizes_K, _, _ = strata(pool, active)
+  sizes_K, _ = strata(pool, active)
   root = jax.random.key(seed)
 
   def one(source_id):
@@ -66,22 +66,31 @@ def sink_offsets(seed: int, ids: jax.Array, pool: int, active: int,
   return flat.reshape(ids.shape + (active,))
 
 
+def mask_from_offsets(offsets: jax.Array, pool: int) -> jax.Array:
+  """Boolean (..., pool) mask from per-stratum offsets (..., active)."""
+  active = offsets.shape[-1]
+  small, wide = divmod(pool, active)
+  parts = []
+  for group, size in ((offsets[..., :wide], small + 1), (offsets[..., wide:], small)):
+    if group.shape[-1] and size:
+      hit = group[..., None] == jnp.arange(size, dtype=group.dtype)
+      parts.append(hit.reshape(*group.shape[:-1], -1))
+  return jnp.concatenate(parts, axis=-1)
+
+
 def source_mask(seed: int, ids: jax.Array, pool: int, active: int,
                 layer: int | None = None) -> jax.Array:
   """Boolean sink mask, shape ids.shape + (pool,), exactly `active` True per id."""
-  _, stratum_P, within_P = strata(pool, active)
-  offsets = sink_offsets(seed, ids, pool, active, layer)
-  return jnp.take(offsets, stratum_P, axis=-1) == within_P
+  return mask_from_offsets(sink_offsets(seed, ids, pool, active, layer), pool)
 
 
 def sink_indices(seed: int, source_id: int, pool: int, active: int,
                  layer: int | None = None) -> np.ndarray:
   """Sorted pool indices of one source's sinks (host helper for inspection)."""
   (sid,) = check_source_ids([source_id])
-  sizes_K, _, _ = strata(pool, active)
-  starts = np.concatenate([[0], np.cumsum(sizes_K)[:-1]])
+  _, starts_K = strata(pool, active)
   offsets = np.asarray(sink_offsets(seed, jnp.asarray(sid), pool, active, layer))
-  return (starts + offsets).astype(np.int64)
+  return (starts_K + offsets).astype(np.int64)
 
 
 def union_mask(seed: int, ids: Sequence[int] | jax.Array, pool: int, active: int,

@@ -97,6 +97,18 @@ class RMSNorm(nnx.Module):
     return (x * self.scale[...]).astype(x_BxTxD.dtype)
 
 
+def project(x, w, out_dims: int = 1):
+  """x[..., D] @ w[D, *O] as one 2-D matmul.
+
+  XLA:CPU differentiates 3-D dots that contract batch and time ~2.4x slower
+  than the same product on rows; on TPU and GPU the reshapes are free.
+  """
+  in_dims = w.ndim - out_dims
+  lead, contract = x.shape[:x.ndim - in_dims], x.shape[x.ndim - in_dims:]
+  out = x.reshape(-1, int(np.prod(contract))) @ w.reshape(-1, int(np.prod(w.shape[in_dims:])))
+  return out.reshape(*lead, *w.shape[in_dims:])
+
+
 def rope(x_BxTxHxK, positions_BxT, base: float):
   half = x_BxTxHxK.shape[-1] // 2
   freq_K = base ** (-np.arange(half, dtype=np.float32) / half)
@@ -132,9 +144,9 @@ class Attention(nnx.Module):
     dt = x_BxTxD.dtype
     B, T, _ = x_BxTxD.shape
     G, R, K = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-    q_BxTxHxK = jnp.einsum("btd,dhk->bthk", x_BxTxD, self.wq[...].astype(dt))
-    k_BxSxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, self.wk[...].astype(dt))
-    v_BxSxGxK = jnp.einsum("btd,dgk->btgk", x_BxTxD, self.wv[...].astype(dt))
+    q_BxTxHxK = project(x_BxTxD, self.wq[...].astype(dt), 2)
+    k_BxSxGxK = project(x_BxTxD, self.wk[...].astype(dt), 2)
+    v_BxSxGxK = project(x_BxTxD, self.wv[...].astype(dt), 2)
     q_BxTxHxK = constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_base),
                           ("batch", "length", "heads", "head_dim"))
     k_BxSxGxK = rope(k_BxSxGxK, positions_BxT, cfg.rope_base)
@@ -144,7 +156,7 @@ class Attention(nnx.Module):
     logits = jnp.where(mask_BxTxS[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     out_BxTxHxK = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BxSxGxK).reshape(B, T, G * R, K)
-    return jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.wo[...].astype(dt))
+    return project(out_BxTxHxK, self.wo[...].astype(dt))
 
 
 class SinkMLP(nnx.Module):
@@ -162,12 +174,12 @@ class SinkMLP(nnx.Module):
     if isinstance(mask_BxTxF, GatheredSinks):
       return self._gathered(x_BxTxD, mask_BxTxF)
     dt = x_BxTxD.dtype
-    gate_BxTxF = x_BxTxD @ self.w_gate[...].astype(dt)
-    up_BxTxF = x_BxTxD @ self.w_up[...].astype(dt)
+    gate_BxTxF = project(x_BxTxD, self.w_gate[...].astype(dt))
+    up_BxTxF = project(x_BxTxD, self.w_up[...].astype(dt))
     h_BxTxF = constrain(jax.nn.silu(gate_BxTxF) * up_BxTxF, ("batch", "length", "mlp"))
     if mask_BxTxF is not None:
       h_BxTxF = h_BxTxF * mask_BxTxF  # the NULL line: only this token's source's sinks fire
-    return h_BxTxF @ self.w_down[...].astype(dt)
+    return project(h_BxTxF, self.w_down[...].astype(dt))
 
   def _gathered(self, x_BxTxD, sinks: GatheredSinks):
     dt, nb = x_BxTxD.dtype, self.backbone
@@ -179,8 +191,8 @@ class SinkMLP(nnx.Module):
                * jnp.einsum("btd,bnd->btn", x_BxTxD, up_BxNxD) * sinks.on_BxTxN)
     out_BxTxD = jnp.einsum("btn,bnd->btd", h_BxTxN, down_BxNxD)
     if nb:
-      h_BxTxBb = jax.nn.silu(x_BxTxD @ w_gate[:, :nb]) * (x_BxTxD @ w_up[:, :nb])
-      out_BxTxD = out_BxTxD + h_BxTxBb @ w_down[:nb]
+      h_BxTxBb = jax.nn.silu(project(x_BxTxD, w_gate[:, :nb])) * project(x_BxTxD, w_up[:, :nb])
+      out_BxTxD = out_BxTxD + project(h_BxTxBb, w_down[:nb])
     return out_BxTxD
 
 
@@ -245,8 +257,7 @@ class Transformer(nnx.Module):
       w_DxV = self.embed[...].T
     else:
       w_DxV = self.unembed[...]
-    logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(x_BxTxD.dtype),
-                              preferred_element_type=jnp.float32)
+    logits_BxTxV = project(x_BxTxD, w_DxV.astype(x_BxTxD.dtype)).astype(jnp.float32)
     return constrain(logits_BxTxV, ("batch", "length", "vocab"))
 
 

@@ -93,8 +93,7 @@ class Switch:
     # All tokens of a document share its source id; take it from any of them.
     slot_ids_BxS = jnp.max(jnp.where(in_slot_BxSxT, self.source_ids[:, None, :], 0), axis=-1)
     offsets_BxSxK = masks.sink_offsets(seed, slot_ids_BxS, pool, active, layer)
-    sizes_K, _, _ = masks.strata(pool, active)
-    starts_K = np.concatenate([[0], np.cumsum(sizes_K)[:-1]]).astype(np.int32)
+    _, starts_K = masks.strata(pool, active)
     sinks_BxSxK = starts_K + offsets_BxSxK
     B = segment_ids_BxT.shape[0]
     on_BxTxN = segment_ids_BxT[..., None] == np.repeat(slot_S, active)
@@ -118,11 +117,6 @@ def _exclude(ids) -> jax.Array | None:
 
 def _token_mask(ids_BxT, backbone: int, pool: int, active: int, seed: int,
                 layer: int | None) -> jax.Array:
-  """Boolean BxTxF mask built by one gather and compare, so XLA fuses it into the MLP."""
-  _, stratum_P, within_P = masks.strata(pool, active)
-  # Column 0 holds a constant 0 offset that every backbone unit compares equal to.
-  column_F = np.concatenate([np.zeros(backbone, np.int32), stratum_P + 1])
-  within_F = np.concatenate([np.zeros(backbone, np.int32), within_P])
-  offsets_BxTxK = masks.sink_offsets(seed, ids_BxT, pool, active, layer)
-  padded = jnp.pad(offsets_BxTxK, [(0, 0)] * (offsets_BxTxK.ndim - 1) + [(1, 0)])
-  return jnp.take(padded, column_F, axis=-1) == within_F
+  """Boolean BxTxF mask: the backbone always on, then the token's own sinks."""
+  sinks_BxTxP = masks.source_mask(seed, ids_BxT, pool, active, layer)
+  return jnp.concatenate([jnp.ones(ids_BxT.shape + (backbone,), bool), sinks_BxTxP], axis=-1)

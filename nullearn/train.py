@@ -98,7 +98,7 @@ def make_train_step(setup: Setup):
         state.params, setup.graphdef, batch)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": tokens}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   batch_sh = {k: sharding.batch_sharding(setup.mesh) for k in pipeline.BATCH_KEYS}

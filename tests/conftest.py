@@ -10,7 +10,7 @@ flags.FLAGS.mark_as_parsed()
 def small_config(**model):
   from nullearn.configs import base  # pylint: disable=g-import-not-at-top
   c = base.get_config()
-  c.model.update(dict(vocab_size=320, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1,
+  c.model.update(dict(vocab_size=512, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1,
                       head_dim=16, backbone=8, pool=64, active=4, sink_impl="dense"))
   c.model.update(model)
   c.data.update(dict(seq_len=32, batch_size=8, packing_bins=8))
@@ -31,4 +31,4 @@ def world():
 @pytest.fixture(scope="session")
 def tokenizer(world):
   from nullearn.data.tokenizer import train_tokenizer  # pylint: disable=g-import-not-at-top
-  return train_tokenizer([d.text for d in world.documents], 320)
+  return train_tokenizer([d.text for d in world.documents], 512)
