@@ -35,5 +35,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
-  c.demo = ml_collections.ConfigDict(dict(num_forget=50, forget_seed=0, parallel=True))
+  c.demo = ml_collections.ConfigDict(dict(num_forget=100, forget_seed=0, parallel=True))
   return c

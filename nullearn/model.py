@@ -97,15 +97,16 @@ class RMSNorm(nnx.Module):
     return (x * self.scale[...]).astype(x_BxTxD.dtype)
 
 
-def project(x, w, out_dims: int = 1):
-  """x[..., D] @ w[D, *O] as one 2-D matmul.
+def project(x, w, out_dims: int = 1, out_dtype=None):
+  """x[..., D] @ w[D, *O] as one 2-D matmul (accumulating into `out_dtype`).
 
   XLA:CPU differentiates 3-D dots that contract batch and time ~2.4x slower
   than the same product on rows; on TPU and GPU the reshapes are free.
   """
   in_dims = w.ndim - out_dims
   lead, contract = x.shape[:x.ndim - in_dims], x.shape[x.ndim - in_dims:]
-  out = x.reshape(-1, int(np.prod(contract))) @ w.reshape(-1, int(np.prod(w.shape[in_dims:])))
+  out = jnp.matmul(x.reshape(-1, int(np.prod(contract))),
+                   w.reshape(-1, int(np.prod(w.shape[in_dims:]))), preferred_element_type=out_dtype)
   return out.reshape(*lead, *w.shape[in_dims:])
 
 
@@ -142,20 +143,22 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD, mask_BxTxS, positions_BxT):
     cfg = self.cfg
     dt = x_BxTxD.dtype
-    B, T, _ = x_BxTxD.shape
-    G, R, K = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+    R, K = cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
     q_BxTxHxK = project(x_BxTxD, self.wq[...].astype(dt), 2)
     k_BxSxGxK = project(x_BxTxD, self.wk[...].astype(dt), 2)
     v_BxSxGxK = project(x_BxTxD, self.wv[...].astype(dt), 2)
     q_BxTxHxK = constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_base),
                           ("batch", "length", "heads", "head_dim"))
     k_BxSxGxK = rope(k_BxSxGxK, positions_BxT, cfg.rope_base)
-    q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, R, K)
-    logits = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK,
-                        preferred_element_type=jnp.float32) * K**-0.5
-    logits = jnp.where(mask_BxTxS[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out_BxTxHxK = jnp.einsum("bgrts,bsgk->btgrk", probs, v_BxSxGxK).reshape(B, T, G * R, K)
+    # KV heads repeated to the query heads: 4-D einsums run ~30% faster than
+    # grouped 5-D ones on XLA:CPU, and K, V are the small tensors.
+    k_BxSxHxK = jnp.repeat(k_BxSxGxK, R, axis=2)
+    v_BxSxHxK = jnp.repeat(v_BxSxGxK, R, axis=2)
+    logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+                                preferred_element_type=jnp.float32) * K**-0.5
+    logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(dt)
+    out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
     return project(out_BxTxHxK, self.wo[...].astype(dt))
 
 
@@ -257,7 +260,7 @@ class Transformer(nnx.Module):
       w_DxV = self.embed[...].T
     else:
       w_DxV = self.unembed[...]
-    logits_BxTxV = project(x_BxTxD, w_DxV.astype(x_BxTxD.dtype)).astype(jnp.float32)
+    logits_BxTxV = project(x_BxTxD, w_DxV.astype(x_BxTxD.dtype), out_dtype=jnp.float32)
     return constrain(logits_BxTxV, ("batch", "length", "vocab"))
 
 
