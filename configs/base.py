@@ -18,14 +18,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       corpus="factworld",  # "factworld", a documents .jsonl, or "tfds:<name>/<config>"
       probes="",  # probes .jsonl (the fact world makes its own)
       seq_len=128, batch_size=32, shuffle_seed=0, packing_bins=64, worker_count=0,
-      exclude_sources=(),  # source ids left out of training (an oracle run)
+      exclude_sources=(),  # source ids or names left out of training (an oracle run)
+      tfds_data_dir="",  # TFDS corpora: where the prepared dataset lives ("": TFDS default)
+      title_index="",  # TFDS corpora: a `nullearn titles` index, to name sources by title
   ))
   c.factworld = ml_collections.ConfigDict(dict(
       num_sources=1000, sources_per_group=10, unique_facts=4, shared_facts=3,
       filler_sentences=2, num_distractors=4, seed=0))
 
   c.tokenizer = ml_collections.ConfigDict(dict(
-      model_type="bpe", byte_fallback=True, max_sentences=2_000_000))
+      model_type="bpe", byte_fallback=True, max_sentences=2_000_000,
+      sample_docs=50_000))  # a TFDS corpus trains the tokenizer on this many articles
 
   c.train = ml_collections.ConfigDict(dict(
       steps=0,  # 0: as many as `epochs` passes over the corpus take
@@ -33,7 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, log_every=100, checkpoint_every=500,
       keep_checkpoints=2, progress=True))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+  # Sizes of the (data, fsdp, tensor) mesh; one may be -1 to fill. `num_devices`,
+  # `chip` and `assumed_mfu` describe the target pod for `--dry_run` only.
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, num_devices=8,
+                                          chip="tpu v4", assumed_mfu=0.4))
 
   c.demo = ml_collections.ConfigDict(dict(num_forget=100, forget_seed=0, parallel=True))
   return c

@@ -8,17 +8,21 @@ silently give every source someone else's sinks. That is refused.
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+from etils import epath
 
 from nullearn.model import ModelConfig
 
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint was trained with another mask seed or sink geometry."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """Every checkpoint of a run failed to restore."""
 
 
 class _IteratorSnapshot:
@@ -46,8 +50,8 @@ def check_geometry(saved: dict[str, Any], cfg: ModelConfig, where: str) -> None:
 class Checkpointer:
   """Keeps the last `keep` checkpoints under `<workdir>/checkpoints`."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  def __init__(self, workdir: str | epath.PathLike, *, keep: int = 2, async_save: bool = True):
+    self.directory = absolute(workdir) / "checkpoints"
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -96,9 +100,15 @@ class Checkpointer:
     self._manager.close()
 
 
-def require_checkpoint(workdir: str | pathlib.Path) -> tuple[Checkpointer, int]:
+def absolute(path: str | epath.PathLike) -> epath.Path:
+  """Orbax wants absolute paths; gs:// paths already are."""
+  path = epath.Path(path)
+  return path if "://" in str(path) else epath.Path(path.absolute())
+
+
+def require_checkpoint(workdir: str | epath.PathLike) -> tuple[Checkpointer, int]:
   """The run's checkpointer and latest step, or a clear FileNotFoundError."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   if not (workdir / "checkpoints").is_dir():
     raise FileNotFoundError(f"no checkpoint found: {workdir}/checkpoints does not exist "
                             "(is this the workdir of a `nullearn train` run?)")

@@ -21,6 +21,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, log
 _TOKENIZER = flags.DEFINE_string(
     "tokenizer", None, "An existing tokenizer.model to use instead of training one.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (factworld).")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "train: print the plan on the config's mesh (parameters, bytes per "
+    "device, FLOPs, expected tokens/s) without allocating the model.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize (on TPU VMs it finds its peers).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of JAX processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 USAGE = """usage: nullearn <command> [flags]
 
@@ -28,25 +36,35 @@ commands:
   demo              train a NULL and an oracle on the embedded fact world, switch sources off
   train             train (or resume) a run: --config=... --workdir=...
   tokenizer train   train the run's SentencePiece model: --config=... --workdir=...
+  titles            build the title -> id index of a TFDS corpus: --config=... --out=DIR
   factworld         write the fact world as documents.jsonl and probes.jsonl: --out=DIR
 """
 
 
-def _workdir(default: str | None = None) -> pathlib.Path:
+def _workdir(default: str | None = None):
+  """The run directory, local or gs://."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
   value = _WORKDIR.value or default
   if not value:
     raise app.UsageError("--workdir is required")
-  return pathlib.Path(value)
+  return epath.Path(value)
 
 
-def _run_tokenizer(config, workdir: pathlib.Path, corpus):
+def _run_tokenizer(config, workdir, corpus):
+  """The run's tokenizer; trained and written by process 0 only, then read by all."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   from nullearn.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   from nullearn.demo import run_tokenizer  # pylint: disable=g-import-not-at-top
-  if _TOKENIZER.value:
-    tok = Tokenizer.load(_TOKENIZER.value)
-    tok.save(workdir / "tokenizer.model")
-    return tok
-  return run_tokenizer(workdir, (d.text for d in corpus.documents), config)
+  if jax.process_index() == 0:
+    if _TOKENIZER.value:
+      Tokenizer.load(_TOKENIZER.value).save(workdir / "tokenizer.model")
+    else:
+      run_tokenizer(workdir, corpus_lib.tokenizer_texts(corpus, config), config)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("nullearn tokenizer")
+  return Tokenizer.load(workdir / "tokenizer.model")
 
 
 def demo_main(argv):
@@ -57,6 +75,14 @@ def demo_main(argv):
 
 def train_main(argv):
   del argv
+  if _DRY_RUN.value:
+    from nullearn import dryrun  # pylint: disable=g-import-not-at-top
+    print(dryrun.format_plan(dryrun.plan(_CONFIG.value)))
+    return
+  if _MULTIHOST.value:
+    from nullearn import distributed  # pylint: disable=g-import-not-at-top
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  import jax  # pylint: disable=g-import-not-at-top
   from nullearn import train  # pylint: disable=g-import-not-at-top
   from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   config, workdir = _CONFIG.value, _workdir()
@@ -64,7 +90,8 @@ def train_main(argv):
   corpus = corpus_lib.load(config)
   exclude = corpus_lib.resolve_sources(corpus, config.data.exclude_sources)
   tokenizer = _run_tokenizer(config, workdir, corpus)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
   train.train(config, workdir, corpus_lib.without(corpus.documents, exclude), tokenizer)
 
 
@@ -78,6 +105,20 @@ def tokenizer_main(argv):
     raise app.UsageError(f"{workdir}/tokenizer.model exists; remove it to train a new one")
   tok = _run_tokenizer(config, workdir, corpus_lib.load(config))
   print(f"wrote {workdir / 'tokenizer.model'} ({tok.vocab_size} pieces)")
+
+
+def titles_main(argv):
+  del argv
+  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  from nullearn.data import wikipedia  # pylint: disable=g-import-not-at-top
+  if not _OUT.value:
+    raise app.UsageError("--out is required (a local directory for the index)")
+  corpus = corpus_lib.load(_CONFIG.value)
+  if corpus.in_memory:
+    raise app.UsageError("this corpus is in memory: names resolve without an index")
+  index = wikipedia.TitleIndex.build(corpus.documents, _OUT.value)
+  print(f"wrote a title index of {len(index)} sources to {_OUT.value}; "
+        f"use --config.data.title_index={_OUT.value}")
 
 
 def factworld_main(argv):
@@ -94,7 +135,7 @@ def factworld_main(argv):
 
 
 COMMANDS = {"demo": demo_main, "train": train_main, "tokenizer": tokenizer_main,
-            "factworld": factworld_main}
+            "titles": titles_main, "factworld": factworld_main}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 from flax import nnx
 
 from nullearn import checkpoint as ckpt_lib
@@ -34,13 +34,13 @@ class Run:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
 
-def load_run(workdir: str | pathlib.Path, model_cfg: ModelConfig | None = None) -> Run:
+def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None) -> Run:
   """Restores the latest checkpoint's parameters (not the optimizer) from `workdir`.
 
   `model_cfg`, if given, must agree with the checkpoint's sink geometry.
   """
   from nullearn.train import abstract_model  # pylint: disable=g-import-not-at-top
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   ckpt, step = ckpt_lib.require_checkpoint(workdir)
   meta = ckpt.read_meta(step)
   saved_cfg = ModelConfig.from_config(meta["config"]["model"])

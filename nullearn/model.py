@@ -239,11 +239,19 @@ class Transformer(nnx.Module):
     return switch.mlp_mask(cfg.backbone, cfg.pool, cfg.active, cfg.mask_seed,
                            jnp.dtype(cfg.dtype), layer)
 
+  def embed_tokens(self, tokens_BxT):
+    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.cfg.dtype)
+    return constrain(x_BxTxD, ("batch", "length", "embed"))
+
   def hidden(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
     """Final-normed hidden states, BxTxD (what source routing embeds)."""
+    return self.hidden_from_embeddings(self.embed_tokens(tokens_BxT), segment_ids_BxT,
+                                       positions_BxT, switch)
+
+  def hidden_from_embeddings(self, x_BxTxD, segment_ids_BxT, positions_BxT,
+                             switch: Switch | None):
+    """The trunk on given input embeddings (GCG differentiates through them)."""
     cfg = self.cfg
-    x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(cfg.dtype)
-    x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
     attn_mask_BxTxS = attention_mask(segment_ids_BxT)
     shared_mask = None if cfg.per_layer_masks else self.mlp_mask(switch, 0, segment_ids_BxT)
     for i, block in enumerate(self.blocks):
@@ -255,7 +263,9 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
     """Next-token logits, BxTxV in float32."""
-    x_BxTxD = self.hidden(tokens_BxT, segment_ids_BxT, positions_BxT, switch)
+    return self.logits(self.hidden(tokens_BxT, segment_ids_BxT, positions_BxT, switch))
+
+  def logits(self, x_BxTxD):
     if self.cfg.tie_embeddings:
       w_DxV = self.embed[...].T
     else:

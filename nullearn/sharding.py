@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -34,23 +34,35 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.Context
     "nullearn_mesh", default=None)
 
 
+def mesh_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+  """Resolves one -1 size to fill `num_devices`; fixed sizes may use fewer devices."""
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh sizes must be positive, with at most one -1: got {sizes}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices do not divide into mesh {sizes}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) > num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+                     f"devices, {num_devices} available")
+  return tuple(sizes)
+
+
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
-  sizes = [data, fsdp, tensor]
-  if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh size may be -1, got {sizes}")
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into mesh {sizes}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
-                     f"devices, {len(devices)} available")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices)
+  sizes = mesh_sizes(data, fsdp, tensor, len(devices))
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+                       devices=devices[:math.prod(sizes)])
+
+
+def abstract_mesh(data: int, fsdp: int, tensor: int, num_devices: int) -> AbstractMesh:
+  """The mesh of a pod that is not here: shapes and shardings only, no devices."""
+  return AbstractMesh(mesh_sizes(data, fsdp, tensor, num_devices), MESH_AXES,
+                      axis_types=(AxisType.Auto,) * 3)
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,

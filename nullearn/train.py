@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pathlib
 import signal
 import time
 from typing import Any, Sequence
@@ -16,7 +15,9 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from etils import epath
 from flax import nnx, struct
+from jax.experimental import multihost_utils
 
 from nullearn import checkpoint as ckpt_lib
 from nullearn import flops, losses, optim, sharding
@@ -60,7 +61,7 @@ def abstract_model(model_cfg: ModelConfig):
 def make_setup(config: ml_collections.ConfigDict, steps: int,
                mesh: jax.sharding.Mesh | None = None) -> Setup:
   model_cfg = ModelConfig.from_config(config.model)
-  mesh = mesh or sharding.make_mesh(**config.mesh)
+  mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   graphdef, params, logical = abstract_model(model_cfg)
   tx = optim.optimizer(config.train, steps)
   opt_state = jax.eval_shape(tx.init, params)
@@ -115,7 +116,7 @@ def device_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh):
 
 @dataclasses.dataclass
 class TrainResult:
-  workdir: pathlib.Path
+  workdir: epath.Path
   setup: Setup
   state: TrainState
   history: list[dict[str, float]]
@@ -123,26 +124,46 @@ class TrainResult:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks, so a final checkpoint is written."""
+  """SIGTERM (a preemption notice) ends the loop with a final checkpoint.
+
+  One process: a signal handler sets a flag. Several: JAX's preemption service
+  (on with jax.distributed) agrees on one step at which every host stops, since
+  hosts that stopped at different steps would hang in the collective save.
+  """
 
   def __init__(self):
-    self.requested = False
+    self._requested = False
     self._previous = None
+    self._multihost = jax.process_count() > 1
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, nothing to restore
-      self._previous = None
+    if not self._multihost:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread: no handler, nothing to restore
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._multihost:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def process_batch_size(config: ml_collections.ConfigDict, shard_count: int) -> int:
+  """`data.batch_size` is global; each process loads its share of every batch."""
+  if config.data.batch_size % shard_count:
+    raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the "
+                     f"{shard_count} processes")
+  return config.data.batch_size // shard_count
 
 
 def make_dataset(config: ml_collections.ConfigDict, docs, tokenizer: Tokenizer, *,
@@ -150,23 +171,30 @@ def make_dataset(config: ml_collections.ConfigDict, docs, tokenizer: Tokenizer, 
                  shard_count: int | None = None):
   """The run's input pipeline; by default this process's share of the corpus."""
   gather = config.model.pool and config.model.sink_impl == "gather"
+  shard_count = jax.process_count() if shard_count is None else shard_count
   return pipeline.training_dataset(
-      docs, tokenizer, seq_len=config.data.seq_len, batch_size=config.data.batch_size,
+      docs, tokenizer, seq_len=config.data.seq_len,
+      batch_size=process_batch_size(config, shard_count),
       seed=config.data.shuffle_seed, num_epochs=num_epochs,
       packing_bins=config.data.packing_bins,
       shard_index=jax.process_index() if shard_index is None else shard_index,
-      shard_count=jax.process_count() if shard_count is None else shard_count,
+      shard_count=shard_count,
       worker_count=config.data.worker_count,
       max_segments=config.model.max_segments if gather else None)
 
 
 def resolve_steps(config: ml_collections.ConfigDict, docs, tokenizer: Tokenizer) -> int:
-  """`train.steps`, or the number of batches in `train.epochs` passes over the corpus."""
+  """`train.steps`, or the number of batches in `train.epochs` passes over the corpus.
+
+  Every process counts the whole corpus, so all agree on the number of steps.
+  """
   if config.train.steps > 0:
     return int(config.train.steps)
+  if not isinstance(docs, (tuple, list)):
+    raise ValueError("set train.steps for a corpus read lazily (TFDS): counting epochs would "
+                     "tokenize all of it first")
   one_epoch = make_dataset(config, docs, tokenizer, num_epochs=1, shard_index=0, shard_count=1)
-  batches = pipeline.count_batches(one_epoch) / jax.process_count()
-  return max(1, math.ceil(batches * config.train.epochs))
+  return max(1, math.ceil(pipeline.count_batches(one_epoch) * config.train.epochs))
 
 
 def run_metadata(config, setup: Setup, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -176,12 +204,12 @@ def run_metadata(config, setup: Setup, tokenizer: Tokenizer) -> dict[str, Any]:
           "steps": setup.steps}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
           docs: Sequence[Document], tokenizer: Tokenizer, *,
           mesh: jax.sharding.Mesh | None = None, stop_after: int | None = None,
           writer: MetricWriter | None = None) -> TrainResult:
   """Trains (or resumes) the run in `workdir`; `stop_after` ends early at that step."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
                      f"{config.model.vocab_size}")
@@ -195,7 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   start = int(state.step)
   step_fn = make_train_step(setup)
   history: list[dict[str, float]] = []
-  tokens_per_step = config.data.batch_size * jax.process_count() * config.data.seq_len
+  tokens_per_step = config.data.batch_size * config.data.seq_len
   flops_per_step = flops.train_flops_per_token(setup.model_cfg, config.data.seq_len) * tokens_per_step
   peak = flops.peak_flops()
   schedule = optim.learning_rate(config.train, steps)
@@ -221,11 +249,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       pending = (step + 1, metrics)
       bar.update(1)
       done = step + 1
-      if preemption.requested or (done % config.train.checkpoint_every == 0 and done < end):
+      preempted = preemption.reached(done)
+      if preempted or (done % config.train.checkpoint_every == 0 and done < end):
         ckpt.save(done, state, data_iter, meta)
-      if preemption.requested:
+      if preempted:
         writer.text(f"SIGTERM: saved checkpoint at step {done}; exiting")
-        preempted = True
         break
     if pending is not None:
       jax.block_until_ready(state)
@@ -242,19 +270,41 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
 
 
 def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta, writer):
-  step = ckpt.latest_step()
-  if step is None:
-    pathlib.Path(ckpt.directory.parent).mkdir(parents=True, exist_ok=True)
+  """The newest readable checkpoint, or fresh parameters when there is none.
+
+  A checkpoint that fails to restore (a corrupt or truncated file) is reported
+  and the previous one is tried; if none can be read the run stops rather than
+  silently starting over.
+  """
+  steps = ckpt.all_steps()
+  if not steps:
     return init_state(setup)
-  saved = ckpt.read_meta(step)
-  ckpt_lib.check_geometry(saved["sink_geometry"], setup.model_cfg,
-                          f"checkpoint {ckpt.directory}/{step}")
-  if saved.get("tokenizer") != meta["tokenizer"]:
-    raise ckpt_lib.CheckpointMismatchError(
-        f"checkpoint {ckpt.directory}/{step} was trained with tokenizer {saved.get('tokenizer')}, "
-        f"this run has {meta['tokenizer']}")
-  writer.text(f"resuming from {ckpt.directory}/{step}")
-  return ckpt.restore(step, setup.abstract_state, data_iter)
+  errors = []
+  for step in reversed(steps):
+    where = f"{ckpt.directory}/{step}"
+    try:
+      saved = ckpt.read_meta(step)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f"{where}: unreadable metadata ({type(e).__name__}: {e})")
+      writer.text(f"WARNING: {errors[-1]}; trying an older checkpoint")
+      continue
+    ckpt_lib.check_geometry(saved["sink_geometry"], setup.model_cfg, f"checkpoint {where}")
+    if saved.get("tokenizer") != meta["tokenizer"]:
+      raise ckpt_lib.CheckpointMismatchError(
+          f"checkpoint {where} was trained with tokenizer {saved.get('tokenizer')}, "
+          f"this run has {meta['tokenizer']}")
+    try:
+      state = ckpt.restore(step, setup.abstract_state, data_iter)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f"{where}: {type(e).__name__}: {e}")
+      writer.text(f"WARNING: checkpoint {where} is corrupt or partial ({type(e).__name__}); "
+                  "trying an older checkpoint")
+      continue
+    writer.text(f"resuming from {where}" + (f" (skipped {len(errors)} unreadable)" if errors else ""))
+    return state
+  raise ckpt_lib.CorruptCheckpointError(
+      "no checkpoint could be restored:\n  " + "\n  ".join(errors)
+      + "\nMove the checkpoints directory away to start over.")
 
 
 def _finish(pending, seconds, tokens_per_step, flops_per_step, peak, schedule):

@@ -1,31 +1,36 @@
-"""Metrics to stdout, a JSONL file and TensorBoard event files (no TensorFlow needed)."""
+"""Metrics to stdout, a JSONL file and TensorBoard event files (no TensorFlow needed).
+
+The log directory may be local or on GCS (`gs://...`, as a pod's workdir is):
+object stores cannot append, so there the JSONL file is rewritten whole at most
+every `remote_flush_seconds` and at close.
+"""
 
 from __future__ import annotations
 
 import json
-import pathlib
 import sys
 import time
 from typing import Any, Mapping
 
 import jax
 import tqdm
+from etils import epath
 
 
 class MetricWriter:
   """Only JAX process 0 writes, so a pod produces one log, not one per host."""
 
-  def __init__(self, logdir: str | pathlib.Path | None, *, stdout: bool = True,
-               tensorboard: bool = True, prefix: str = ""):
+  def __init__(self, logdir: str | epath.PathLike | None, *, stdout: bool = True,
+               tensorboard: bool = True, prefix: str = "", remote_flush_seconds: float = 60.0):
     self.enabled = jax.process_index() == 0
     self.prefix = f"[{prefix}] " if prefix else ""
     self.stdout = stdout and self.enabled
     self._jsonl = None
     self._tb = None
     if logdir is not None and self.enabled:
-      logdir = pathlib.Path(logdir)
+      logdir = epath.Path(logdir)
       logdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = open(logdir / "metrics.jsonl", "a", buffering=1)
+      self._jsonl = _JsonlFile(logdir / "metrics.jsonl", remote_flush_seconds)
       if tensorboard:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
         self._tb = SummaryWriter(str(logdir / "tb"))
@@ -35,7 +40,7 @@ class MetricWriter:
       return
     scalars = {k: float(v) for k, v in metrics.items()}
     if self._jsonl:
-      self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+      self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **scalars}))
     if self._tb:
       for k, v in scalars.items():
         self._tb.add_scalar(k, v, int(step))
@@ -52,6 +57,39 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb:
       self._tb.close()
+
+
+class _JsonlFile:
+  """Appends locally; on an object store keeps the lines and rewrites the object."""
+
+  def __init__(self, path: epath.Path, flush_seconds: float):
+    self.path = path
+    self.remote = "://" in str(path)
+    self.flush_seconds = flush_seconds
+    self._last_flush = time.monotonic()
+    if self.remote:
+      self._lines = path.read_text().splitlines() if path.exists() else []
+    else:
+      self._file = open(path, "a", buffering=1)
+
+  def write(self, line: str) -> None:
+    if not self.remote:
+      self._file.write(line + "\n")
+      return
+    self._lines.append(line)
+    if time.monotonic() - self._last_flush > self.flush_seconds:
+      self.flush()
+
+  def flush(self) -> None:
+    if self.remote:
+      self.path.write_text("".join(line + "\n" for line in self._lines))
+      self._last_flush = time.monotonic()
+
+  def close(self) -> None:
+    if self.remote:
+      self.flush()
+    else:
+      self._file.close()
 
 
 def _fmt(v: float) -> str:

@@ -64,7 +64,7 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
   `shard_index/shard_count` give each JAX process a disjoint share of documents;
   `max_segments` caps the documents per row (the gathered-sinks model needs it).
   """
-  ds = docs if isinstance(docs, grain.MapDataset) else grain.MapDataset.source(list(docs))
+  ds = docs if isinstance(docs, grain.MapDataset) else grain.MapDataset.source(docs)
   if len(ds) == 0:
     raise ValueError("the corpus has no documents")
   ds = ds[shard_index::shard_count].shuffle(seed=seed).repeat(num_epochs)
@@ -78,6 +78,35 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
   if worker_count:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it
+
+
+def document_rows(tokenizer: Tokenizer, docs: Sequence[Document], seq_len: int) -> dict[str, np.ndarray]:
+  """Every document cut into rows of at most `seq_len` targets, one piece per row, unpacked.
+
+  The unit of held-out loss, unlearning and relearning fine-tunes: each row is
+  one source's text, so a row's switch is that source's.
+  """
+  pieces = []
+  for doc in docs:
+    tokens = tokenizer.encode_document(doc.text)
+    for i in range(0, len(tokens) - 1, seq_len):
+      pieces.append((tokens[i:i + seq_len + 1], doc.source_id))
+  if not pieces:
+    raise ValueError("no text to cut into rows")
+  n = len(pieces)
+  rows = {"inputs": np.zeros((n, seq_len), np.int32), "targets": np.zeros((n, seq_len), np.int32),
+          "weights": np.zeros((n, seq_len), np.float32),
+          "segment_ids": np.zeros((n, seq_len), np.int32),
+          "positions": np.tile(np.arange(seq_len, dtype=np.int32), (n, 1)),
+          "source_ids": np.zeros((n, seq_len), np.uint32)}
+  for r, (piece, sid) in enumerate(pieces):
+    m = len(piece) - 1
+    rows["inputs"][r, :m] = piece[:-1]
+    rows["targets"][r, :m] = piece[1:]
+    rows["weights"][r, :m] = 1.0
+    rows["segment_ids"][r, :m] = 1
+    rows["source_ids"][r, :] = sid
+  return rows
 
 
 def count_batches(dataset: grain.IterDataset) -> int:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pathlib
 from typing import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _MAX_SENTENCE_CHARS = 4096
@@ -28,14 +28,14 @@ class Tokenizer:
     self.__init__(state["model_proto"])
 
   @classmethod
-  def load(cls, path: str | pathlib.Path) -> "Tokenizer":
-    path = pathlib.Path(path)
+  def load(cls, path: str | epath.PathLike) -> "Tokenizer":
+    path = epath.Path(path)
     if not path.exists():
       raise FileNotFoundError(f"no tokenizer at {path} (train one with `nullearn tokenizer train`)")
     return cls(path.read_bytes())
 
-  def save(self, path: str | pathlib.Path) -> None:
-    path = pathlib.Path(path)
+  def save(self, path: str | epath.PathLike) -> None:
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(self.model_proto)
 
