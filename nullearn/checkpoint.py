@@ -8,6 +8,7 @@ silently give every source someone else's sinks. That is refused.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import grain
@@ -91,6 +92,13 @@ class Checkpointer:
   def restore_params(self, step: int, abstract_params):
     return self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params)))["params"]
+
+  def quarantine(self, step: int) -> epath.Path:
+    """Moves an unreadable checkpoint aside (kept for inspection, no longer a step)."""
+    bad = self.directory / f"corrupt-{step}-{int(time.time())}"
+    (self.directory / str(step)).rename(bad)
+    self._manager.reload()
+    return bad
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -83,8 +83,8 @@ def greedy_continuations(run: Run, prefixes: Sequence[np.ndarray], num_tokens: i
   """
   if not len(prefixes):
     raise ValueError("no prefixes to continue")
-  if num_tokens < 1:
-    raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+  if num_tokens < 1 or batch_size < 1:
+    raise ValueError(f"num_tokens and batch_size must be >= 1, got {num_tokens}, {batch_size}")
   lengths_N = np.asarray([len(p) for p in prefixes], np.int32)
   if lengths_N.min() < 1:
     raise ValueError("every prefix needs at least one token (BOS)")
@@ -252,7 +252,8 @@ def gcg(run: Run, target_ids: Sequence[int], switch: Switch, *, prompt_len: int,
 def _check_target(run: Run, target_ids: Sequence[int]) -> np.ndarray:
   target_T = np.asarray(target_ids)
   if target_T.ndim != 1 or not target_T.size or not np.issubdtype(target_T.dtype, np.integer):
-    raise ValueError(f"target_ids must be a non-empty 1-D sequence of token ids, got {target_ids!r}")
+    raise ValueError(f"target_ids must be a non-empty 1-D sequence of token ids, "
+                     f"got {target_ids!r}")
   if target_T.min() < 0 or target_T.max() >= run.model_cfg.vocab_size:
     raise ValueError(f"target ids must be in [0, {run.model_cfg.vocab_size}), "
                      f"got {target_T.min()}..{target_T.max()}")
@@ -288,8 +289,8 @@ def adversarial_compression_ratio(run: Run, target_ids: Sequence[int], switch: S
   `attack(prompt_len) -> success` defaults to `gcg` with `gcg_kwargs` (which
   must give `steps`). Lengths grow by x1.5 from `start_len` until one succeeds
   (or `max_len`, default len(target), fails), then a binary search between the
-  longest failure and the shortest success finds the shortest; this assumes
-  success is monotone in the length, as a longer prompt can pad a shorter one.
+  longest failure and the shortest success finds the shortest. Like the
+  paper's search, this assumes success is monotone in the prompt length.
   If nothing up to `max_len` succeeds, `found` is False and `acr` is
   len(target) / max_len, an upper bound: the shortest prompt, if any, is longer.
   `tried` maps every length attacked to its success, in order.
@@ -300,6 +301,7 @@ def adversarial_compression_ratio(run: Run, target_ids: Sequence[int], switch: S
 
     def attack(prompt_len: int) -> bool:
       return gcg(run, target_T, switch, prompt_len=prompt_len, **gcg_kwargs).success
+
   shortest, tried = shortest_prompt_len(attack, start_len, max_len)
   found = shortest is not None
   return {"acr": len(target_T) / (shortest if found else max_len), "prompt_len": shortest,
@@ -309,7 +311,8 @@ def adversarial_compression_ratio(run: Run, target_ids: Sequence[int], switch: S
 def shortest_prompt_len(attack: Attack, start_len: int, max_len: int) -> tuple[int | None, dict]:
   """Grow-then-bisect search; (shortest successful length or None, {length: success})."""
   if not 1 <= start_len <= max_len:
-    raise ValueError(f"need 1 <= start_len <= max_len, got start_len={start_len}, max_len={max_len}")
+    raise ValueError(f"need 1 <= start_len <= max_len, got start_len={start_len}, "
+                     f"max_len={max_len}")
   tried = {}
   failed, succeeded = 0, None  # longest known failure, shortest known success
   n = start_len

@@ -279,13 +279,14 @@ def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta,
   steps = ckpt.all_steps()
   if not steps:
     return init_state(setup)
-  errors = []
+  errors, skipped = [], []
   for step in reversed(steps):
     where = f"{ckpt.directory}/{step}"
     try:
       saved = ckpt.read_meta(step)
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f"{where}: unreadable metadata ({type(e).__name__}: {e})")
+      skipped.append(step)
       writer.text(f"WARNING: {errors[-1]}; trying an older checkpoint")
       continue
     ckpt_lib.check_geometry(saved["sink_geometry"], setup.model_cfg, f"checkpoint {where}")
@@ -297,9 +298,12 @@ def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta,
       state = ckpt.restore(step, setup.abstract_state, data_iter)
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f"{where}: {type(e).__name__}: {e}")
+      skipped.append(step)
       writer.text(f"WARNING: checkpoint {where} is corrupt or partial ({type(e).__name__}); "
                   "trying an older checkpoint")
       continue
+    for bad in skipped:
+      writer.text(f"WARNING: moved unreadable checkpoint to {ckpt.quarantine(bad)}")
     writer.text(f"resuming from {where}" + (f" (skipped {len(errors)} unreadable)" if errors else ""))
     return state
   raise ckpt_lib.CorruptCheckpointError(

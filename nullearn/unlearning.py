@@ -200,7 +200,7 @@ def unlearn(run: Run, rows_forget: Rows, *, method: Method, steps: int = 50, lr:
 def _unlearning_inputs(run: Run, ref_params, method: Method, beta: float,
                        forget: Iterator[Batch], retain: Iterator[Batch] | None
                        ) -> Iterator[dict[str, Any]]:
-  """Each step's batches; NPO's reference log-likelihoods come from the frozen start, no gradient."""
+  """Each step's batches; NPO's reference log-likelihoods come from the frozen start (no grad)."""
   for forget_batch in forget:
     inputs = {"forget": forget_batch}
     if retain is not None:

@@ -1,7 +1,13 @@
 """Shared fixtures: a small config and corpus that train in seconds on a CPU."""
 
-import pytest
-from absl import flags
+import os
+
+# Eight fake CPU devices for the sharding tests; set before anything imports jax.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Grain's multiprocess prefetch reads absl flags; tests never call app.run.
 flags.FLAGS.mark_as_parsed()
