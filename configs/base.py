@@ -42,4 +42,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                           chip="tpu v4", assumed_mfu=0.4))
 
   c.demo = ml_collections.ConfigDict(dict(num_forget=100, forget_seed=0, parallel=True))
+
+  # `nullearn eval`: which sources to forget and how hard to attack them.
+  c.eval = ml_collections.ConfigDict(dict(
+      forget=(), heldout_sources=(), seed=0,
+      routing="backbone",  # or "titles": sentence-transformer title embeddings (extra)
+      seq_len=128, max_retained_probes=400, retain_docs=200,
+      sections=("baselines", "relearning", "extraction"),
+      unlearn_methods=("ga", "gd", "npo"), unlearn_steps=50, unlearn_lr=1e-4, unlearn_batch=16,
+      npo_beta=0.1,
+      relearn_steps=(1, 2, 5, 10, 20, 50), relearn_lr=1e-4, relearn_batch=8,
+      extraction_prefix=32, extraction_continuation=32, extraction_samples=64,
+      acr_targets=4, acr_target_len=16, gcg_steps=100, gcg_top_k=64, gcg_batch=64))
   return c

@@ -10,6 +10,7 @@ import pathlib
 import sys
 
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 import nullearn.configs
@@ -29,21 +30,31 @@ _MULTIHOST = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of JAX processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_ORACLE = flags.DEFINE_string("oracle", None, "eval: workdir of a model retrained without "
+                              "the forgotten sources.")
+_PLAIN = flags.DEFINE_string("plain", None, "eval: workdir of a plain transformer trained on "
+                             "the same data.")
+_FORGET = flags.DEFINE_list("forget", None, "eval: sources to forget, ids or names "
+                            "(default: --config.eval.forget).")
+_CORPUS = flags.DEFINE_string("corpus", None, "eval: documents .jsonl (default: the corpus "
+                              "the checkpoint was trained on).")
+_PROBES = flags.DEFINE_string("probes", None, "eval: probes .jsonl (default: the corpus's own, "
+                              "or cloze probes built from the text).")
 
 USAGE = """usage: nullearn <command> [flags]
 
 commands:
   demo              train a NULL and an oracle on the embedded fact world, switch sources off
   train             train (or resume) a run: --config=... --workdir=...
+  eval              unlearning report: --workdir=NULL [--oracle=DIR --plain=DIR] --forget=... --out=DIR
   tokenizer train   train the run's SentencePiece model: --config=... --workdir=...
   titles            build the title -> id index of a TFDS corpus: --config=... --out=DIR
   factworld         write the fact world as documents.jsonl and probes.jsonl: --out=DIR
 """
 
 
-def _workdir(default: str | None = None):
+def _workdir(default: str | None = None) -> epath.Path:
   """The run directory, local or gs://."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
   value = _WORKDIR.value or default
   if not value:
     raise app.UsageError("--workdir is required")
@@ -121,6 +132,36 @@ def titles_main(argv):
         f"use --config.data.title_index={_OUT.value}")
 
 
+def eval_main(argv):
+  del argv
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from nullearn import evaluate, inference, report  # pylint: disable=g-import-not-at-top
+  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  if not _OUT.value:
+    raise app.UsageError("--out is required (the report directory)")
+  config = _CONFIG.value
+  null = inference.load_run(_workdir())
+  run_config = ml_collections.ConfigDict(null.meta["config"])
+  if _CORPUS.value:
+    run_config.data.corpus = _CORPUS.value
+  if _PROBES.value:
+    run_config.data.probes = _PROBES.value
+  corpus = corpus_lib.load(run_config)
+  if not corpus.in_memory:
+    raise app.UsageError("eval needs a corpus in memory (the fact world or a .jsonl file)")
+  forget = corpus_lib.resolve_sources(corpus, _FORGET.value or config.eval.forget)
+  heldout = set(corpus_lib.resolve_sources(corpus, config.eval.heldout_sources))
+  models = evaluate.Models(
+      null, oracle=inference.load_run(_ORACLE.value) if _ORACLE.value else None,
+      plain=inference.load_run(_PLAIN.value) if _PLAIN.value else None)
+  result = evaluate.evaluate(
+      models, corpus_lib.without(corpus.documents, heldout), corpus.probes, forget, config.eval,
+      heldout=[d for d in corpus.documents if d.source_id in heldout])
+  for path in report.write(result, _OUT.value):
+    print(f"wrote {path}")
+  print((epath.Path(_OUT.value) / "report.md").read_text())
+
+
 def factworld_main(argv):
   del argv
   from nullearn.data import factworld, records  # pylint: disable=g-import-not-at-top
@@ -134,8 +175,8 @@ def factworld_main(argv):
   print(f"wrote {len(world.documents)} documents and {len(world.probes)} probes to {out}")
 
 
-COMMANDS = {"demo": demo_main, "train": train_main, "tokenizer": tokenizer_main,
-            "titles": titles_main, "factworld": factworld_main}
+COMMANDS = {"demo": demo_main, "train": train_main, "eval": eval_main,
+            "tokenizer": tokenizer_main, "titles": titles_main, "factworld": factworld_main}
 
 
 def main(argv: list[str] | None = None) -> None:

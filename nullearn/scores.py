@@ -10,6 +10,7 @@ TOFU's stored ratio (distractors over answer); `tofu_forget_score` and
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 
 def truth_ratio(option_nll: np.ndarray) -> np.ndarray:
@@ -36,3 +37,11 @@ def tofu_retain_score(ratios: np.ndarray) -> float:
   """TOFU's retain-set truth score mean(max(0, 1 - R')), R' = 1/R; higher = knows."""
   r = 1.0 / np.asarray(ratios, np.float64)
   return float(np.mean(np.maximum(0.0, 1.0 - r)))
+
+
+def forget_quality(ratios: np.ndarray, oracle_ratios: np.ndarray) -> float:
+  """Two-sample KS p-value: >= 0.05 reads "indistinguishable from retraining"."""
+  r, o = np.asarray(ratios, np.float64), np.asarray(oracle_ratios, np.float64)
+  if r.size == 0 or o.size == 0:
+    return float("nan")
+  return float(stats.ks_2samp(r, o).pvalue)

@@ -1,0 +1,149 @@
+"""An evaluation report on disk: report.json, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from etils import epath
+
+from nullearn.evaluate import KINDS
+
+
+def write(report: dict, out_dir: str | epath.PathLike) -> list[epath.Path]:
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "report.json").write_text(json.dumps(report, indent=1, default=_jsonable))
+  (out / "report.md").write_text(markdown(report))
+  written = [out / "report.json", out / "report.md"]
+  written += _plot_ratios(report, out / "truth_ratios.png")
+  if report.get("relearning"):
+    written += _plot_relearning(report["relearning"], out / "relearning.png")
+  return written
+
+
+def _jsonable(o):
+  if hasattr(o, "tolist"):
+    return o.tolist()
+  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _f(x, digits=2) -> str:
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return "–"
+  return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def markdown(report: dict) -> str:
+  lines = ["# Unlearning report", ""]
+  lines += ["Forgotten sources: " + ", ".join(
+      f"{f['name']} (→ {f['routed_name']})" for f in report["forgotten"][:20])
+            + (" …" if len(report["forgotten"]) > 20 else ""), ""]
+  counts = report["probes"]["counts"]
+  lines += [f"Probes of forgotten sources: " + ", ".join(f"{k} {counts[k]}" for k in KINDS), ""]
+  lines += ["## Truth Ratio on the forgotten sources' probes", "",
+            "Median / mean / fraction > 1 per fact kind; FQ = Forget Quality (KS p-value "
+            "against the oracle).", "",
+            "| condition | " + " | ".join(f"{k} median | {k} frac>1 | {k} FQ" for k in KINDS) + " |",
+            "|---|" + "---|" * (3 * len(KINDS))]
+  for name, row in report["conditions"].items():
+    cells = []
+    for k in KINDS:
+      cells += [_f(row[k]["median"]), _f(row[k]["frac_above_1"]),
+                _f(row[k].get("forget_quality"), 3)]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("")
+  if "retained" in report:
+    r = report["retained"]
+    lines += ["## Retained sources", "",
+              f"Median Truth Ratio of {r['sink on']['n']} retained probes: sink on "
+              f"{_f(r['sink on']['median'])}, after switching all forgotten sources off "
+              f"{_f(r['after forgetting']['median'])}.", ""]
+  if "capability" in report:
+    cap = report["capability"]
+    lines += ["## Capability: held-out loss per token", "", "| model | NLL/token |", "|---|---|"]
+    lines += [f"| {k} | {_f(v, 3)} |" for k, v in cap.items() if k != "tokens"]
+    lines.append("")
+  if report.get("baselines"):
+    lines += ["## Post-hoc unlearning baselines", "",
+              "| model+method | unique median | inferred median | shared median | all FQ | "
+              "retained median |", "|---|---|---|---|---|---|"]
+    for name, row in report["baselines"].items():
+      lines.append(f"| {name} | {_f(row['unique']['median'])} | {_f(row['inferred']['median'])} | "
+                   f"{_f(row['shared']['median'])} | {_f(row['all'].get('forget_quality'), 3)} | "
+                   f"{_f(row.get('retained', {}).get('median'))} |")
+    lines.append("")
+  if report.get("relearning"):
+    rel = report["relearning"]
+    steps = next(iter(rel["curves"].values()))["steps"]
+    lines += ["## Relearning attack", "",
+              f"Fine-tuned on half of the forgotten text; loss on the other half "
+              f"({rel['test_tokens']:.0f} tokens) and median Truth Ratio of its "
+              f"{rel['num_test_probes']} probes.", "",
+              "| model | " + " | ".join(f"{s} steps" for s in steps) + " |",
+              "|---|" + "---|" * len(steps)]
+    for name, c in rel["curves"].items():
+      lines.append(f"| {name} loss | " + " | ".join(_f(v, 3) for v in c["loss"]) + " |")
+      lines.append(f"| {name} ratio | " + " | ".join(_f(v) for v in c["median_ratio"]) + " |")
+    for name, v in rel["before_unlearning_median_ratio"].items():
+      lines.append(f"\nBefore unlearning, {name.split('+')[0]} had a median ratio of {_f(v)}.")
+    lines.append("")
+  if report.get("extraction"):
+    lines += ["## Extraction", "", "| model | exact match | ROUGE-L | ACR (mean) | ACR found |",
+              "|---|---|---|---|---|"]
+    for name, e in report["extraction"].items():
+      lines.append(f"| {name} | {_f(e['exact_match'])} | {_f(e['rouge_l'])} | {_f(e['acr_mean'])} | "
+                   f"{sum(e['acr_found'])}/{len(e['acr_found'])} |")
+    lines.append("")
+  lines += ["## Claims", ""]
+  for c in report["claims"]:
+    lines.append(f"- [{'holds' if c['holds'] else 'does not hold'}] {c['claim']}: {_f(c['value'], 3)}")
+  return "\n".join(lines) + "\n"
+
+
+def _plot_ratios(report: dict, path: epath.Path) -> list[epath.Path]:
+  plt = _pyplot()
+  kinds = np.asarray(report["probes"]["kinds"])
+  present = [k for k in KINDS if np.any(kinds == k)]
+  conds = list(report["ratios"])
+  fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 4.5), squeeze=False)
+  for ax, kind in zip(axes[0], present):
+    data = [np.log(np.asarray(report["ratios"][c])[kinds == kind]) for c in conds]
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(conds) + 1), conds, rotation=30, ha="right")
+    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
+    ax.set_title(f"{kind} facts ({int(np.sum(kinds == kind))})")
+  axes[0][0].set_ylabel("log Truth Ratio (> 0: prefers the answer)")
+  return [_save(fig, path, plt)]
+
+
+def _plot_relearning(rel: dict, path: epath.Path) -> list[epath.Path]:
+  plt = _pyplot()
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for name, c in rel["curves"].items():
+    x = [max(s, 0.5) for s in c["steps"]]  # step 0 drawn at 0.5 on the log axis
+    a.plot(x, c["loss"], marker="o", label=name)
+    b.plot(x, c["median_ratio"], marker="o", label=name)
+  for ax, title in ((a, "held-out half: NLL per token"), (b, "held-out facts: median Truth Ratio")):
+    ax.set_xscale("log")
+    ax.set_xlabel("fine-tuning steps on the other half (0 drawn at 0.5)")
+    ax.set_title(title)
+  b.axhline(1.0, color="gray", lw=0.8, ls="--")
+  a.legend(fontsize=8)
+  return [_save(fig, path, plt)]
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, path: epath.Path, plt) -> epath.Path:
+  fig.tight_layout()
+  with path.open("wb") as f:
+    fig.savefig(f, dpi=110, format="png")
+  plt.close(fig)
+  return path

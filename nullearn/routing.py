@@ -1,0 +1,106 @@
+"""Routing a query for a forgotten source to the nearest surviving source.
+
+A source is embedded by the model's own backbone-only hidden states,
+mean-pooled over its text (no other model needed), or optionally by a
+sentence-transformer embedding of its title, as the reference code does. The
+nearest source by cosine similarity that is not forgotten serves the query,
+with the forgotten sinks excluded from its mask.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Collection, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+
+from nullearn.data import pipeline
+from nullearn.data.records import Document
+from nullearn.inference import Run
+from nullearn.switch import Switch
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _pooled_hidden(graphdef, params, inputs_BxT, weights_BxT, segment_ids_BxT, positions_BxT):
+  h_BxTxD = nnx.merge(graphdef, params).hidden(inputs_BxT, segment_ids_BxT, positions_BxT,
+                                               Switch.backbone())
+  w = (segment_ids_BxT > 0).astype(jnp.float32)[..., None]
+  return jnp.sum(h_BxTxD.astype(jnp.float32) * w, axis=1), jnp.sum(w, axis=1)
+
+
+def backbone_embeddings(run: Run, docs: Sequence[Document], *, seq_len: int = 128,
+                        max_rows_per_source: int = 8, batch_size: int = 64,
+                        params=None) -> tuple[np.ndarray, np.ndarray]:
+  """(source ids [S], unit embeddings [S, D]) from backbone-only hidden states."""
+  rows = pipeline.document_rows(run.tokenizer, docs, seq_len)
+  ids = rows["source_ids"][:, 0].astype(np.int64)
+  keep = _first_rows_per_source(ids, max_rows_per_source)
+  rows = {k: v[keep] for k, v in rows.items()}
+  ids = ids[keep]
+  params = run.params if params is None else params
+  n = len(ids)
+  sums, counts = [], []
+  for start in tqdm.trange(0, n, batch_size, desc="embedding sources", leave=False):
+    idx = np.minimum(np.arange(start, start + batch_size), n - 1)
+    s, c = _pooled_hidden(run.graphdef, params, rows["inputs"][idx], rows["weights"][idx],
+                          rows["segment_ids"][idx], rows["positions"][idx])
+    m = min(batch_size, n - start)
+    sums.append(np.asarray(s)[:m])
+    counts.append(np.asarray(c)[:m])
+  sums, counts = np.concatenate(sums), np.concatenate(counts)
+  sources = np.unique(ids)
+  emb = np.stack([sums[ids == s].sum(0) / max(counts[ids == s].sum(), 1.0) for s in sources])
+  return sources, _unit(emb)
+
+
+def title_embeddings(names: dict[int, str], model_name: str = "all-MiniLM-L6-v2"):
+  """(source ids, unit embeddings) of source titles: needs the `routing` extra."""
+  try:
+    from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("title routing needs sentence-transformers: "
+                      "pip install 'nullearn[routing]'") from e
+  sources = np.asarray(sorted(names), np.int64)
+  emb = SentenceTransformer(model_name).encode([names[int(s)] for s in sources])
+  return sources, _unit(np.asarray(emb, np.float32))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _first_rows_per_source(ids: np.ndarray, k: int) -> np.ndarray:
+  seen: dict[int, int] = {}
+  keep = []
+  for i, s in enumerate(ids.tolist()):
+    if seen.get(s, 0) < k:
+      seen[s] = seen.get(s, 0) + 1
+      keep.append(i)
+  return np.asarray(keep)
+
+
+class Router:
+  """Nearest surviving source by cosine similarity of source embeddings."""
+
+  def __init__(self, sources: np.ndarray, embeddings: np.ndarray):
+    self.sources = np.asarray(sources, np.int64)
+    self.embeddings = embeddings
+    self._row = {int(s): i for i, s in enumerate(self.sources)}
+
+  def route(self, source_id: int, forgotten: Collection[int]) -> int:
+    if source_id not in self._row:
+      raise ValueError(f"source {source_id} has no embedding (it has no text in the corpus)")
+    sims = self.embeddings @ self.embeddings[self._row[source_id]]
+    gone = np.isin(self.sources, np.fromiter(forgotten, np.int64, len(forgotten)))
+    sims = np.where(gone, -np.inf, sims)
+    if np.all(gone):
+      raise ValueError("every source is forgotten: there is nowhere to route")
+    return int(self.sources[int(np.argmax(sims))])
+
+  def route_all(self, source_ids: Sequence[int], forgotten: Collection[int]) -> list[int]:
+    routed = {s: self.route(s, forgotten) for s in set(source_ids)}
+    return [routed[s] for s in source_ids]
