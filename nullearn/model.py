@@ -187,9 +187,11 @@ class SinkMLP(nnx.Module):
   def _gathered(self, x_BxTxD, sinks: GatheredSinks):
     dt, nb = x_BxTxD.dtype, self.backbone
     w_gate, w_up, w_down = (w[...].astype(dt) for w in (self.w_gate, self.w_up, self.w_down))
-    gate_BxNxD = jnp.take(w_gate.T, sinks.columns_BxN, axis=0)
-    up_BxNxD = jnp.take(w_up.T, sinks.columns_BxN, axis=0)
-    down_BxNxD = jnp.take(w_down, sinks.columns_BxN, axis=0)
+    # Each row's own sink weights live with the row: sharded over the batch like
+    # activations (the FSDP-sharded weights are gathered whole first).
+    rows = lambda w_FxD: constrain(jnp.take(w_FxD, sinks.columns_BxN, axis=0),
+                                   ("batch", None, None))
+    gate_BxNxD, up_BxNxD, down_BxNxD = rows(w_gate.T), rows(w_up.T), rows(w_down)
     h_BxTxN = (jax.nn.silu(jnp.einsum("btd,bnd->btn", x_BxTxD, gate_BxNxD))
                * jnp.einsum("btd,bnd->btn", x_BxTxD, up_BxNxD) * sinks.on_BxTxN)
     out_BxTxD = jnp.einsum("btn,bnd->btd", h_BxTxN, down_BxNxD)
