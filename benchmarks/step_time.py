@@ -40,7 +40,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from nullearn import flops, sharding, train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from nullearn.configs import mid, tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nullearn.configs import base, mid, tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def shape_config(name: str):
@@ -61,7 +61,7 @@ def variants(c):
   for name in ("plain", "null-dense", "null-gather"):
     v = copy.deepcopy(c)
     if name == "plain":
-      v.model.backbone, v.model.pool = c.model.backbone + c.model.pool, 0
+      base.with_variant(v, "plain")
     else:
       v.model.sink_impl = name.split("-")[1]
     out.append((name, v))

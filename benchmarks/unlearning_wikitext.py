@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from nullearn import evaluate, inference, jobs, report
-from nullearn.configs import tiny
+from nullearn.configs import base, tiny
 from nullearn.data import cloze, corpus, wikitext
 from nullearn.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -74,9 +74,7 @@ def configs(args, forget):
   c.train.checkpoint_every = 400
   oracle = copy.deepcopy(c)
   oracle.data.exclude_sources = tuple(forget)
-  plain = tiny.get_config("plain")
-  plain.model.vocab_size = args.vocab
-  plain.train.update(c.train.to_dict())
+  plain = base.with_variant(copy.deepcopy(c), "plain")
   if args.quick:
     for x in (c, oracle, plain):
       x.train.update(dict(steps=30, epochs=0.0))

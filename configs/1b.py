@@ -22,8 +22,4 @@ def get_config(arg: str | None = None):
   c.train.update(dict(steps=122_000, lr=5e-4, end_lr_ratio=0.1, warmup_steps=2000,
                       weight_decay=0.1, log_every=50, checkpoint_every=2000, keep_checkpoints=3))
   c.mesh.update(dict(data=1, fsdp=-1, tensor=1, num_devices=64, chip="tpu v4", assumed_mfu=0.4))
-  if arg == "plain":
-    c.model.backbone, c.model.pool = c.model.backbone + c.model.pool, 0
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} (known: plain)")
-  return c
+  return base.with_variant(c, arg)

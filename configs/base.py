@@ -3,6 +3,15 @@
 import ml_collections
 
 
+def with_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """`:plain`: the same MLP width with every neuron always on, the NULL's baseline."""
+  if arg == "plain":
+    c.model.backbone, c.model.pool = c.model.backbone + c.model.pool, 0
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} (known: plain)")
+  return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()

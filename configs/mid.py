@@ -13,8 +13,4 @@ def get_config(arg: str | None = None):
       backbone=256, pool=3840, active=64, rope_base=100_000.0, dtype="bfloat16"))
   c.data.update(dict(seq_len=512, batch_size=64))
   c.train.update(dict(lr=1e-3, warmup_steps=500, log_every=50, checkpoint_every=1000))
-  if arg == "plain":
-    c.model.backbone, c.model.pool = c.model.backbone + c.model.pool, 0
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} (known: plain)")
-  return c
+  return base.with_variant(c, arg)

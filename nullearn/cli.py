@@ -61,6 +61,12 @@ def _workdir(default: str | None = None) -> epath.Path:
   return epath.Path(value)
 
 
+def _out(what: str) -> str:
+  if not _OUT.value:
+    raise app.UsageError(f"--out is required ({what})")
+  return _OUT.value
+
+
 def _run_tokenizer(config, workdir, corpus):
   """The run's tokenizer; trained and written by process 0 only, then read by all."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -122,14 +128,13 @@ def titles_main(argv):
   del argv
   from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   from nullearn.data import wikipedia  # pylint: disable=g-import-not-at-top
-  if not _OUT.value:
-    raise app.UsageError("--out is required (a local directory for the index)")
+  out = _out("a local directory for the index")
   corpus = corpus_lib.load(_CONFIG.value)
   if corpus.in_memory:
     raise app.UsageError("this corpus is in memory: names resolve without an index")
-  index = wikipedia.TitleIndex.build(corpus.documents, _OUT.value)
-  print(f"wrote a title index of {len(index)} sources to {_OUT.value}; "
-        f"use --config.data.title_index={_OUT.value}")
+  index = wikipedia.TitleIndex.build(corpus.documents, out)
+  print(f"wrote a title index of {len(index)} sources to {out}; "
+        f"use --config.data.title_index={out}")
 
 
 def eval_main(argv):
@@ -137,8 +142,7 @@ def eval_main(argv):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from nullearn import evaluate, inference, report  # pylint: disable=g-import-not-at-top
   from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-  if not _OUT.value:
-    raise app.UsageError("--out is required (the report directory)")
+  out = _out("the report directory")
   config = _CONFIG.value
   null = inference.load_run(_workdir())
   run_config = ml_collections.ConfigDict(null.meta["config"])
@@ -157,17 +161,15 @@ def eval_main(argv):
   result = evaluate.evaluate(
       models, corpus_lib.without(corpus.documents, heldout), corpus.probes, forget, config.eval,
       heldout=[d for d in corpus.documents if d.source_id in heldout])
-  for path in report.write(result, _OUT.value):
+  for path in report.write(result, out):
     print(f"wrote {path}")
-  print((epath.Path(_OUT.value) / "report.md").read_text())
+  print((epath.Path(out) / "report.md").read_text())
 
 
 def factworld_main(argv):
   del argv
   from nullearn.data import factworld, records  # pylint: disable=g-import-not-at-top
-  if not _OUT.value:
-    raise app.UsageError("--out is required")
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(_out("where to write the files"))
   out.mkdir(parents=True, exist_ok=True)
   world = factworld.generate(factworld.FactWorldConfig(**_CONFIG.value.factworld.to_dict()))
   records.write_documents(out / "documents.jsonl", world.documents)

@@ -273,12 +273,11 @@ def _relearning(models, conds, unlearned, docs, forget_set, probes, cfg, log) ->
                                                   switch_for=cond.switch_for_sources))
       curve["median_ratio"].append(float(np.median(_ratios(c, held_probes))))
     curves[name] = curve
-  before = {}  # the facts as the models knew them before any unlearning
-  for name in curves:
-    if "+" in name:
-      base = models.plain if name.startswith("plain+") else models.null
-      before[name] = float(np.median(_ratios(Condition(base, lambda ids: Switch.sources(ids)),
-                                             held_probes)))
+  before = {}  # the facts as each model knew them before any post-hoc unlearning
+  for base_name in {name.split("+")[0] for name in curves if "+" in name}:
+    base = models.plain if base_name == "plain" else models.null
+    before[base_name] = float(np.median(_ratios(Condition(base, lambda ids: Switch.sources(ids)),
+                                                held_probes)))
   return {"curves": curves, "before_unlearning_median_ratio": before,
           "num_test_probes": len(held_probes), "test_tokens": float(rows_test["weights"].sum())}
 
@@ -332,10 +331,10 @@ def claims(report: dict) -> list[dict]:
     gap = float(np.max(np.abs(n - o) / o))
     out.append({"claim": "relearning: switched-off NULL within 10% of the oracle's loss at every "
                          "step count", "value": gap, "holds": bool(gap <= 0.10)})
-  for name, before in (rel or {}).get("before_unlearning_median_ratio", {}).items():
+  for name, curve in (rel or {}).get("curves", {}).items():
     if not name.endswith("+npo"):
       continue
-    curve = rel["curves"][name]
+    before = rel["before_unlearning_median_ratio"][name.split("+")[0]]
     within = [r for s, r in zip(curve["steps"], curve["median_ratio"]) if 0 < s <= 10]
     best = max(within) if within else float("nan")
     out.append({"claim": f"relearning: {name} forgotten facts back above 80% of their "

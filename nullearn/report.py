@@ -87,7 +87,8 @@ def markdown(report: dict) -> str:
       lines.append(f"| {name} loss | " + " | ".join(_f(v, 3) for v in c["loss"]) + " |")
       lines.append(f"| {name} ratio | " + " | ".join(_f(v) for v in c["median_ratio"]) + " |")
     for name, v in rel["before_unlearning_median_ratio"].items():
-      lines.append(f"\nBefore unlearning, {name.split('+')[0]} had a median ratio of {_f(v)}.")
+      lines.append(f"\nBefore post-hoc unlearning, {name} had a median ratio of {_f(v)} on "
+                   "these probes.")
     lines.append("")
   if report.get("extraction"):
     lines += ["## Extraction", "", "| model | exact match | ROUGE-L | ACR (mean) | ACR found |",

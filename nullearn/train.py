@@ -221,52 +221,84 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
   meta = run_metadata(config, setup, tokenizer)
   state = _init_or_restore(setup, ckpt, data_iter, meta, writer)
   start = int(state.step)
-  step_fn = make_train_step(setup)
-  history: list[dict[str, float]] = []
-  tokens_per_step = config.data.batch_size * config.data.seq_len
-  flops_per_step = flops.train_flops_per_token(setup.model_cfg, config.data.seq_len) * tokens_per_step
-  peak = flops.peak_flops()
-  schedule = optim.learning_rate(config.train, steps)
   end = min(steps, stop_after) if stop_after is not None else steps
-  window: list[dict[str, float]] = []
-  pending = None
-  last_time = time.perf_counter()
+  step_fn = make_train_step(setup)
   bar = tqdm.tqdm(total=end, initial=start, disable=not (writer.enabled and config.train.progress),
                   desc=workdir.name, dynamic_ncols=True, leave=False)
+  meter = _Meter(config, setup, writer, bar)
   preempted = False
   with sharding.active_mesh(setup.mesh), _Preemption() as preemption:
     for step in range(start, end):
-      batch = device_batch(next(data_iter), setup.mesh)
-      state, metrics = step_fn(state, batch)
-      if pending is not None:  # one step late: the device already runs this step
-        now = time.perf_counter()
-        record = _finish(pending, now - last_time, tokens_per_step, flops_per_step, peak,
-                         schedule)
-        last_time = now
-        window.append(record)
-        history.append(record)
-        _maybe_log(writer, window, config.train.log_every, bar)
-      pending = (step + 1, metrics)
+      state, metrics = step_fn(state, device_batch(next(data_iter), setup.mesh))
+      meter.push(step + 1, metrics)
       bar.update(1)
-      done = step + 1
-      preempted = preemption.reached(done)
-      if preempted or (done % config.train.checkpoint_every == 0 and done < end):
-        ckpt.save(done, state, data_iter, meta)
+      preempted = preemption.reached(step + 1)
+      if preempted or ((step + 1) % config.train.checkpoint_every == 0 and step + 1 < end):
+        ckpt.save(step + 1, state, data_iter, meta)
       if preempted:
-        writer.text(f"SIGTERM: saved checkpoint at step {done}; exiting")
+        writer.text(f"SIGTERM: saved checkpoint at step {step + 1}; exiting")
         break
-    if pending is not None:
-      jax.block_until_ready(state)
-      record = _finish(pending, time.perf_counter() - last_time, tokens_per_step,
-                       flops_per_step, peak, schedule)
-      history.append(record)
-      window.append(record)
-      _maybe_log(writer, window, 1, bar)
+    jax.block_until_ready(state)
+    meter.flush()
   bar.close()
   if not preempted and end > start:
     ckpt.save(end, state, data_iter, meta)
   ckpt.close()
-  return TrainResult(workdir, setup, state, history, preempted)
+  return TrainResult(workdir, setup, state, meter.history, preempted)
+
+
+class _Meter:
+  """Reads each step's metrics one step late, so the host never makes the device wait.
+
+  Logs means over `train.log_every` steps: loss, tokens/s (global and per device),
+  step time, learning rate and, on chips with a known peak, MFU.
+  """
+
+  def __init__(self, config, setup: Setup, writer: MetricWriter, bar):
+    self.writer, self.bar, self.every = writer, bar, config.train.log_every
+    self.tokens = config.data.batch_size * config.data.seq_len
+    self.flops = flops.train_flops_per_token(setup.model_cfg, config.data.seq_len) * self.tokens
+    self.peak = flops.peak_flops()
+    self.schedule = optim.learning_rate(config.train, setup.steps)
+    self.history: list[dict[str, float]] = []
+    self._window: list[dict[str, float]] = []
+    self._pending = None
+    self._last = time.perf_counter()
+
+  def push(self, step: int, metrics) -> None:
+    if self._pending is not None:  # the device is already running `step`
+      self._record()
+    self._pending = (step, metrics)
+
+  def flush(self) -> None:
+    if self._pending is not None:
+      self._record()
+      self._pending = None
+    if self._window:
+      self._log()
+
+  def _record(self) -> None:
+    step, metrics = self._pending
+    now = time.perf_counter()
+    seconds, self._last = now - self._last, now
+    record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    record.update(step=step, lr=float(self.schedule(step - 1)), step_time=seconds,
+                  tokens_per_sec=self.tokens / seconds,
+                  tokens_per_sec_per_device=self.tokens / seconds / jax.device_count())
+    if self.peak:
+      record["mfu"] = self.flops / seconds / (self.peak * jax.device_count())
+    self.history.append(record)
+    self._window.append(record)
+    if len(self._window) >= self.every:
+      self._log()
+
+  def _log(self) -> None:
+    last = self._window[-1]
+    mean = {k: float(np.mean([r[k] for r in self._window])) for k in last if k != "step"}
+    mean["tokens"] = last["tokens"]
+    self.writer.write(int(last["step"]), mean)
+    self.bar.set_postfix(loss=f"{mean['loss']:.3f}", tok_s=f"{mean['tokens_per_sec']:.0f}")
+    self._window.clear()
 
 
 def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta, writer):
@@ -309,25 +341,3 @@ def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta,
   raise ckpt_lib.CorruptCheckpointError(
       "no checkpoint could be restored:\n  " + "\n  ".join(errors)
       + "\nMove the checkpoints directory away to start over.")
-
-
-def _finish(pending, seconds, tokens_per_step, flops_per_step, peak, schedule):
-  step, metrics = pending
-  record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  record.update(step=step, lr=float(schedule(step - 1)), step_time=seconds,
-                tokens_per_sec=tokens_per_step / seconds,
-                tokens_per_sec_per_device=tokens_per_step / seconds / jax.device_count())
-  if peak:
-    record["mfu"] = flops_per_step / seconds / (peak * jax.device_count())
-  return record
-
-
-def _maybe_log(writer: MetricWriter, window: list[dict[str, float]], every: int, bar) -> None:
-  if len(window) < every:
-    return
-  last = window[-1]
-  mean = {k: float(np.mean([r[k] for r in window])) for k in last if k != "step"}
-  mean["tokens"] = last["tokens"]
-  writer.write(int(last["step"]), mean)
-  bar.set_postfix(loss=f"{mean['loss']:.3f}", tok_s=f"{mean['tokens_per_sec']:.0f}")
-  window.clear()
