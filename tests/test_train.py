@@ -24,6 +24,16 @@ def test_loss_falls(world, tokenizer, tmp_path):
   assert list((tmp_path / "run" / "tb").iterdir()), "TensorBoard event files"
 
 
+def test_mfu_is_logged_when_the_chip_peak_is_known(world, tokenizer, tmp_path, monkeypatch):
+  monkeypatch.setattr(train.flops, "peak_flops", lambda device=None: 1e12)
+  c = small_config()
+  c.train.steps = 3
+  result = train.train(c, tmp_path, world.documents, tokenizer)
+  r = result.history[-1]
+  want = train.flops.train_flops_per_token(result.setup.model_cfg, 32) * 8 * 32 / r["step_time"]
+  assert r["mfu"] == pytest.approx(want / (1e12 * jax.device_count()))
+
+
 def test_golden_first_step(world, tokenizer):
   """Loss before and after one step on a fixed batch: pins init, masks, loss and optimizer."""
   c = small_config()
