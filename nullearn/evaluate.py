@@ -298,7 +298,7 @@ def _extraction(conds, unlearned, docs, forget_set, cfg, log) -> dict:
         prefix_tokens=cfg.extraction_prefix, continuation_tokens=cfg.extraction_continuation,
         max_samples=cfg.extraction_samples, params=cond.params)
     acrs = []
-    for doc in forgotten_docs[:cfg.acr_targets]:
+    for doc in _acr_targets(forgotten_docs, cfg.acr_targets):
       tokens = cond.run.tokenizer.encode(doc.text)[:cfg.acr_target_len]
       switch = cond.switch_for_sources(np.asarray([[doc.source_id]], np.int64))
       acrs.append(extraction.adversarial_compression_ratio(
@@ -311,6 +311,16 @@ def _extraction(conds, unlearned, docs, forget_set, cfg, log) -> dict:
                  "acr_found": [bool(a["found"]) for a in acrs],
                  "acr": [float(a["acr"]) for a in acrs]}
   return out
+
+
+def _acr_targets(docs: Sequence[Document], n: int) -> list[Document]:
+  """The first document of each forgotten source, the largest sources (a book) first."""
+  size: dict[int, int] = {}
+  first: dict[int, Document] = {}
+  for d in docs:
+    size[d.source_id] = size.get(d.source_id, 0) + len(d.text)
+    first.setdefault(d.source_id, d)
+  return [first[s] for s in sorted(first, key=lambda s: -size[s])][:n]
 
 
 def claims(report: dict) -> list[dict]:

@@ -14,6 +14,7 @@ import tracemalloc
 from unittest import mock
 
 import grain
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from array_record.python import array_record_data_source
@@ -252,3 +253,19 @@ def test_corpus_from_a_tfds_spec_stays_lazy(data_dir, tmp_path):
   c.tokenizer.sample_docs = 10
   texts = list(corpus_lib.tokenizer_texts(corpus, c))
   assert len(texts) == 10 and set(texts) <= set(TEXTS)
+
+
+def test_wikipedia_tiny_trains_on_the_local_copy(data_dir, tmp_path):
+  """The pod's data path end to end on a CPU: TFDS source -> tokenizer sample -> Grain -> steps."""
+  from nullearn import train  # pylint: disable=g-import-not-at-top
+  from nullearn.data.tokenizer import train_tokenizer  # pylint: disable=g-import-not-at-top
+  c = wikipedia_tiny.get_config()
+  c.data.tfds_data_dir = str(data_dir)
+  c.tokenizer.sample_docs = 100
+  c.train.update(dict(steps=3, log_every=1, progress=False))
+  c.model.vocab_size = 512
+  c.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  corpus = corpus_lib.load(c)
+  tok = train_tokenizer(corpus_lib.tokenizer_texts(corpus, c), 512)
+  result = train.train(c, tmp_path, corpus_lib.without(corpus.documents, [5]), tok)
+  assert int(result.state.step) == 3 and np.isfinite(result.history[-1]["loss"])
