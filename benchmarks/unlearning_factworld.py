@@ -23,7 +23,7 @@ from nullearn.data import corpus, factworld
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--workdir", default="demo_out", help="the demo's runs (trained if missing)")
+  p.add_argument("--workdir", default="runs/factworld", help="the runs (trained if missing)")
   p.add_argument("--out", default="benchmarks/results/factworld")
   args = p.parse_args()
   t0 = time.time()

@@ -32,7 +32,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-  p.add_argument("--out", default="benchmarks/results/wikitext")
+  p.add_argument("--runs", default="runs/wikitext", help="the three runs (checkpoints, logs)")
+  p.add_argument("--out", default="benchmarks/results/wikitext", help="the report")
   p.add_argument("--epochs", type=float, default=6.0)
   p.add_argument("--forget_articles", type=int, default=8)
   p.add_argument("--heldout_articles", type=int, default=6)
@@ -96,30 +97,30 @@ def eval_config(args):
 def main():
   args = parse_args()
   t0 = time.time()
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
+  out, runs = pathlib.Path(args.out), pathlib.Path(args.runs)
+  runs.mkdir(parents=True, exist_ok=True)
   train_docs, heldout_docs, probes, forget, book_id = corpus_and_probes(pathlib.Path(args.data),
                                                                         args)
   print(f"{len({d.source_id for d in train_docs})} training sources ({len(train_docs)} documents), "
         f"{len(heldout_docs)} held-out articles, {len(probes)} probes; forgetting {forget} "
         f"(the book is {book_id})")
-  tok_path = out / "tokenizer.model"
+  tok_path = runs / "tokenizer.model"
   tokenizer = (Tokenizer.load(tok_path) if tok_path.exists() else
                train_tokenizer([d.text for d in train_docs], args.vocab))
   tokenizer.save(tok_path)
   null_cfg, oracle_cfg, plain_cfg = configs(args, forget)
-  jobs.run_all([jobs.Job("null", null_cfg, out / "null", train_docs),
-                jobs.Job("oracle", oracle_cfg, out / "oracle", corpus.without(train_docs, forget)),
-                jobs.Job("plain", plain_cfg, out / "plain", train_docs)], tokenizer)
+  jobs.run_all([jobs.Job("null", null_cfg, runs / "null", train_docs),
+                jobs.Job("oracle", oracle_cfg, runs / "oracle", corpus.without(train_docs, forget)),
+                jobs.Job("plain", plain_cfg, runs / "plain", train_docs)], tokenizer)
   t_train = time.time() - t0
-  models = evaluate.Models(*(inference.load_run(out / n) for n in ("null", "oracle", "plain")))
+  models = evaluate.Models(*(inference.load_run(runs / n) for n in ("null", "oracle", "plain")))
   result = evaluate.evaluate(models, train_docs, probes, forget, eval_config(args),
                              heldout=heldout_docs)
   result["benchmark"] = {"train_minutes": t_train / 60, "total_minutes": (time.time() - t0) / 60,
                          "book_source": book_id, "epochs": args.epochs, "quick": args.quick}
-  for path in report.write(result, out / "report"):
+  for path in report.write(result, out):
     print(f"wrote {path}")
-  print((out / "report" / "report.md").read_text())
+  print((out / "report.md").read_text())
   print(json.dumps(result["benchmark"]))
 
 
