@@ -16,6 +16,8 @@ import json
 import pathlib
 import time
 
+import numpy as np
+
 from nullearn import demo, evaluate, inference, jobs, report
 from nullearn.configs import base, tiny
 from nullearn.data import corpus, factworld
@@ -45,14 +47,40 @@ def main():
   cfg = config.eval
   cfg.update(dict(unlearn_lr=1e-3, relearn_lr=1e-3, relearn_batch=16, retain_docs=200))
   result = evaluate.evaluate(models, world.documents, world.probes, forget, cfg)
-  same_group = sum(world.groups[f["id"]] == world.groups[f["routed_to"]]
-                   for f in result["forgotten"])
   result["benchmark"] = {"train_minutes": t_train / 60, "total_minutes": (time.time() - t0) / 60,
-                         "routed_within_region": same_group / len(result["forgotten"])}
+                         **_routing_diagnostic(world, forget, result)}
   for path in report.write(result, args.out):
     print(f"wrote {path}")
+  b = result["benchmark"]
+  lines = ["", "## Routing (fact world)", "",
+           f"{b['routed_within_region']:.0%} of the forgotten sources were routed to a source of "
+           f"their own region. Median shared-fact Truth Ratio of the "
+           f"{b['shared_probes_within_region']} probes routed within their region and the rest:",
+           "", "| condition | routed within region | routed elsewhere |", "|---|---|---|"]
+  lines += [f"| {name} | {m['routed within region']:.2f} | {m['routed elsewhere']:.2f} |"
+            for name, m in b["shared_median_by_routing"].items()]
+  with open(pathlib.Path(args.out) / "report.md", "a") as f:
+    f.write("\n".join(lines) + "\n")
   print((pathlib.Path(args.out) / "report.md").read_text())
-  print(json.dumps(result["benchmark"]))
+  print(json.dumps(result["benchmark"], indent=1))
+
+
+def _routing_diagnostic(world, forget, result) -> dict:
+  """Shared facts live with a region: were they asked of a source of the same region?"""
+  routed = {f["id"]: f["routed_to"] for f in result["forgotten"]}
+  same = {f: world.groups[f] == world.groups[r] for f, r in routed.items()}
+  forget_set = set(int(f) for f in forget)
+  probes = [p for p in world.probes if p.source_id in forget_set]  # the report's order
+  shared = np.asarray(result["probes"]["kinds"]) == "shared"
+  in_region = np.asarray([same[p.source_id] for p in probes])
+  medians = {}
+  for name, ratios in result["ratios"].items():
+    r = np.asarray(ratios)
+    medians[name] = {"routed within region": float(np.median(r[shared & in_region])),
+                     "routed elsewhere": float(np.median(r[shared & ~in_region]))}
+  return {"routed_within_region": float(np.mean(list(same.values()))),
+          "shared_median_by_routing": medians,
+          "shared_probes_within_region": int(np.sum(shared & in_region))}
 
 
 if __name__ == "__main__":

@@ -37,6 +37,24 @@ def test_taxonomy_uses_the_oracle():
   assert evaluate._taxonomy(probes, None) == ["unique", "unique", "shared", "inferred"]
 
 
+def test_article_row_joins_the_oracle_split():
+  """Forget Quality on unique+inferred together, not only within the oracle-drawn cut."""
+  rng = np.random.default_rng(0)
+  oracle = np.exp(rng.normal(0, 1, 300))
+  same = np.exp(rng.normal(0, 1, 300))  # another draw from the oracle's distribution
+  kinds = np.asarray(evaluate._taxonomy([Probe(0, "p", "a", ("b", "c", "d"), "unique")] * 300,
+                                        oracle))
+  rows = evaluate._summaries({"oracle": oracle, "off": same}, list(kinds))
+  assert rows["off"]["article"]["n"] == 300
+  assert rows["oracle"]["unique"]["frac_above_1"] == 0.0  # the cut
+  assert rows["off"]["article"]["forget_quality"] > 0.05
+  assert rows["off"]["unique"]["forget_quality"] < 0.05  # same distribution, split by the oracle
+  claims = evaluate.claims({"conditions": {"switched off": rows["off"], "sink on": rows["off"],
+                                           "oracle": rows["oracle"]}})
+  article = next(c for c in claims if "article-specific" in c["claim"])
+  assert article["holds"] and article["value"] == rows["off"]["article"]["forget_quality"]
+
+
 def test_split_halves():
   docs = [Document(1, "a", "One. Two. Three. Four."), Document(2, "b", "x"),
           Document(2, "b", "y"), Document(2, "b", "z")]
