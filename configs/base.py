@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       steps=0,  # 0: as many as `epochs` passes over the corpus take
-      epochs=15.0, lr=3e-3, end_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1,
+      epochs=10.0, lr=3e-3, end_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1,
       b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, log_every=100, checkpoint_every=500,
       keep_checkpoints=2, progress=True))
 
