@@ -11,7 +11,6 @@ post-hoc baselines, relearning and extraction attacks.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import pathlib
 import time
@@ -19,8 +18,8 @@ import time
 import numpy as np
 
 from nullearn import demo, evaluate, inference, jobs, report
-from nullearn.configs import base, tiny
-from nullearn.data import corpus, factworld
+from nullearn.configs import tiny
+from nullearn.data import factworld
 
 
 def main():
@@ -35,13 +34,7 @@ def main():
   world = factworld.generate(demo.world_config(config))
   forget = factworld.choose_forget_set(world, config.demo.num_forget, config.demo.forget_seed)
   tokenizer = demo.run_tokenizer(workdir, [d.text for d in world.documents], config)
-  oracle_config = copy.deepcopy(config)
-  oracle_config.data.exclude_sources = tuple(int(i) for i in forget)
-  plain_config = base.with_variant(copy.deepcopy(config), "plain")
-  jobs.run_all([jobs.Job("null", config, workdir / "null", world.documents),
-                jobs.Job("oracle", oracle_config, workdir / "oracle",
-                         corpus.without(world.documents, forget)),
-                jobs.Job("plain", plain_config, workdir / "plain", world.documents)], tokenizer)
+  jobs.run_all(jobs.comparison(config, workdir, world.documents, forget, plain=True), tokenizer)
   t_train = time.time() - t0
   models = evaluate.Models(*(inference.load_run(workdir / n) for n in ("null", "oracle", "plain")))
   cfg = config.eval

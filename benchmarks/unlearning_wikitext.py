@@ -14,17 +14,15 @@ and condition, post-hoc baselines, relearning and extraction attacks.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import pathlib
 import time
 
 import numpy as np
 
-from nullearn import evaluate, inference, jobs, report
-from nullearn.configs import base, tiny
-from nullearn.data import cloze, corpus, wikitext
-from nullearn.data.tokenizer import Tokenizer, train_tokenizer
+from nullearn import demo, evaluate, inference, jobs, report
+from nullearn.configs import tiny
+from nullearn.data import cloze, wikitext
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,19 +65,15 @@ def corpus_and_probes(data: pathlib.Path, args):
   return train_docs, heldout_docs, probes, forget, book_id
 
 
-def configs(args, forget):
+def train_config(args):
   c = tiny.get_config()
   c.model.vocab_size = args.vocab
   c.train.epochs = args.epochs
   c.train.log_every = 200
   c.train.checkpoint_every = 400
-  oracle = copy.deepcopy(c)
-  oracle.data.exclude_sources = tuple(forget)
-  plain = base.with_variant(copy.deepcopy(c), "plain")
   if args.quick:
-    for x in (c, oracle, plain):
-      x.train.update(dict(steps=30, epochs=0.0))
-  return c, oracle, plain
+    c.train.update(dict(steps=30, epochs=0.0))
+  return c
 
 
 def eval_config(args):
@@ -104,14 +98,9 @@ def main():
   print(f"{len({d.source_id for d in train_docs})} training sources ({len(train_docs)} documents), "
         f"{len(heldout_docs)} held-out articles, {len(probes)} probes; forgetting {forget} "
         f"(the book is {book_id})")
-  tok_path = runs / "tokenizer.model"
-  tokenizer = (Tokenizer.load(tok_path) if tok_path.exists() else
-               train_tokenizer([d.text for d in train_docs], args.vocab))
-  tokenizer.save(tok_path)
-  null_cfg, oracle_cfg, plain_cfg = configs(args, forget)
-  jobs.run_all([jobs.Job("null", null_cfg, runs / "null", train_docs),
-                jobs.Job("oracle", oracle_cfg, runs / "oracle", corpus.without(train_docs, forget)),
-                jobs.Job("plain", plain_cfg, runs / "plain", train_docs)], tokenizer)
+  config = train_config(args)
+  tokenizer = demo.run_tokenizer(runs, [d.text for d in train_docs], config)
+  jobs.run_all(jobs.comparison(config, runs, train_docs, forget, plain=True), tokenizer)
   t_train = time.time() - t0
   models = evaluate.Models(*(inference.load_run(runs / n) for n in ("null", "oracle", "plain")))
   result = evaluate.evaluate(models, train_docs, probes, forget, eval_config(args),

@@ -9,7 +9,6 @@ backbone only, and on the oracle under the same routing.
 
 from __future__ import annotations
 
-import copy
 import json
 import pathlib
 import time
@@ -18,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from nullearn import inference, jobs, scores
-from nullearn.data import corpus, factworld
+from nullearn.data import factworld
 from nullearn.data.tokenizer import Tokenizer, train_tokenizer
 from nullearn.switch import Switch
 
@@ -44,12 +43,8 @@ def run_tokenizer(workdir: pathlib.Path, texts, config) -> Tokenizer:
 
 def train_pair(config, workdir: pathlib.Path, world: factworld.FactWorld, forget, tokenizer):
   """Trains (or resumes) the NULL on every source and the oracle without `forget`."""
-  oracle_config = copy.deepcopy(config)
-  oracle_config.data.exclude_sources = tuple(int(i) for i in forget)
-  jobs.run_all([jobs.Job("null", config, workdir / "null", world.documents),
-                jobs.Job("oracle", oracle_config, workdir / "oracle",
-                         corpus.without(world.documents, forget))],
-               tokenizer, parallel=config.demo.parallel)
+  jobs.run_all(jobs.comparison(config, workdir, world.documents, forget), tokenizer,
+               parallel=config.demo.parallel)
 
 
 def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget) -> dict:

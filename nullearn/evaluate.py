@@ -186,10 +186,7 @@ def _capability(models: Models, heldout, router, forget_set, cfg, log) -> dict:
   log(f"held-out loss on {len(heldout)} documents")
   rows = pipeline.document_rows(models.null.tokenizer, heldout, cfg.seq_len)
   h_sources, h_emb = routing.backbone_embeddings(models.null, heldout, seq_len=cfg.seq_len)
-  nearest = {}
-  for s, e in zip(h_sources, h_emb):
-    sims = np.where(np.isin(router.sources, list(forget_set)), -np.inf, router.embeddings @ e)
-    nearest[int(s)] = int(router.sources[int(np.argmax(sims))])
+  nearest = {int(s): router.nearest(e, forget_set) for s, e in zip(h_sources, h_emb)}
   route = np.vectorize(lambda s: nearest[int(s)], otypes=[np.int64])
   out = {
       "null (routed)": unlearning.heldout_nll(models.null, rows,

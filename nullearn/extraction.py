@@ -23,7 +23,7 @@ from flax import nnx
 from nullearn import losses
 from nullearn.data.records import Document
 from nullearn.data.tokenizer import BOS_ID, EOS_ID
-from nullearn.inference import Run, SwitchFn, fixed_switch
+from nullearn.inference import Run, SwitchFn, fixed_switch, padded_batches
 from nullearn.switch import Switch
 
 
@@ -93,14 +93,12 @@ def greedy_continuations(run: Run, prefixes: Sequence[np.ndarray], num_tokens: i
   for i, prefix in enumerate(prefixes):
     tokens_NxL[i, :lengths_N[i]] = prefix
   params = run.params if params is None else params
-  batch = min(batch_size, n)
-  out_NxK = np.zeros((n, num_tokens), np.int32)
-  for start in range(0, n, batch):
-    idx = np.minimum(np.arange(start, start + batch), n - 1)
+  out = []
+  for idx, m in padded_batches(n, min(batch_size, n)):
     new_BxK = _greedy_decode(run.graphdef, params, tokens_NxL[idx], lengths_N[idx],
                              switch_for(idx), num_tokens)
-    out_NxK[start:start + batch] = np.asarray(new_BxK)[:min(batch, n - start)]
-  return out_NxK
+    out.append(np.asarray(new_BxK)[:m])
+  return np.concatenate(out)
 
 
 def verbatim_extraction(run: Run, docs: Sequence[Document], switch_for_doc: SwitchFn, *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +97,13 @@ def _mean_option_nll(graphdef, params, tokens_BxL, weights_BxL, switch: Switch):
 SwitchFn = Callable[[np.ndarray], Switch]
 
 
+def padded_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+  """(row indices [batch_size], how many are real) per batch: one compiled shape for
+  all, the last batch padded with copies of the last row."""
+  for start in range(0, n, batch_size):
+    yield np.minimum(np.arange(start, start + batch_size), n - 1), min(batch_size, n - start)
+
+
 def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
                params=None, batch_size: int = 256, desc: str | None = None) -> np.ndarray:
   """Mean token NLL of every option, [probes, 1 + distractors].
@@ -106,13 +113,14 @@ def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
   """
   rows = option_rows(run.tokenizer, probes)
   n = len(rows.probe)
-  out = np.zeros(n, np.float32)
   params = run.params if params is None else params
-  for start in tqdm.trange(0, n, batch_size, desc=desc, disable=desc is None, leave=False):
-    idx = np.minimum(np.arange(start, start + batch_size), n - 1)
+  out = []
+  for idx, m in tqdm.tqdm(padded_batches(n, batch_size), total=-(-n // batch_size), desc=desc,
+                          disable=desc is None, leave=False):
     switch = switch_for(rows.probe[idx])
     nll = _mean_option_nll(run.graphdef, params, rows.tokens[idx], rows.weights[idx], switch)
-    out[start:start + batch_size] = np.asarray(nll)[:min(batch_size, n - start)]
+    out.append(np.asarray(nll)[:m])
+  out = np.concatenate(out)
   num_options = 1 + len(probes[0].distractors)
   if any(len(p.distractors) + 1 != num_options for p in probes):
     return _ragged(out, rows, len(probes))

@@ -7,6 +7,7 @@ two runs in parallel finish in about 0.7x the time of one after the other.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import multiprocessing
 import os
@@ -16,6 +17,8 @@ from typing import Any, Sequence
 from etils import epath
 
 from nullearn import train
+from nullearn.configs import base
+from nullearn.data import corpus
 from nullearn.data.records import Document
 from nullearn.data.tokenizer import Tokenizer
 from nullearn.writer import MetricWriter
@@ -29,6 +32,21 @@ class Job:
   config: Any  # ml_collections.ConfigDict
   workdir: epath.PathLike
   docs: Sequence[Document]
+
+
+def comparison(config, workdir: epath.PathLike, docs: Sequence[Document], forget: Sequence[int],
+               *, plain: bool = False) -> list[Job]:
+  """The NULL on every source, the oracle retrained without `forget`, optionally the
+  plain transformer of the same width: the runs an unlearning comparison needs."""
+  workdir = epath.Path(workdir)
+  oracle = copy.deepcopy(config)
+  oracle.data.exclude_sources = tuple(int(i) for i in forget)
+  runs = [Job("null", config, workdir / "null", docs),
+          Job("oracle", oracle, workdir / "oracle", corpus.without(docs, forget))]
+  if plain:
+    runs.append(Job("plain", base.with_variant(copy.deepcopy(config), "plain"),
+                    workdir / "plain", docs))
+  return runs
 
 
 def run_one(job: Job, tokenizer: Tokenizer) -> None:

@@ -14,10 +14,11 @@ def learning_rate(train_cfg: ml_collections.ConfigDict, steps: int) -> optax.Sch
       decay_steps=max(steps, warmup + 1), end_value=train_cfg.lr * train_cfg.end_lr_ratio)
 
 
-def optimizer(train_cfg: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
+def optimizer(train_cfg: ml_collections.ConfigDict,
+              schedule: optax.Schedule) -> optax.GradientTransformation:
   """Norm scales (1-D) are not decayed: decaying them only fights the normalisation."""
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   return optax.chain(
       optax.clip_by_global_norm(train_cfg.grad_clip),
-      optax.adamw(learning_rate(train_cfg, steps), b1=train_cfg.b1, b2=train_cfg.b2,
+      optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
                   eps=train_cfg.eps, weight_decay=train_cfg.weight_decay, mask=decay_mask))

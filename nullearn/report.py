@@ -41,7 +41,7 @@ def markdown(report: dict) -> str:
       f"{f['name']} (→ {f['routed_name']})" for f in report["forgotten"][:20])
             + (" …" if len(report["forgotten"]) > 20 else ""), ""]
   counts = report["probes"]["counts"]
-  lines += [f"Probes of forgotten sources: " + ", ".join(f"{k} {counts[k]}" for k in KINDS), ""]
+  lines += ["Probes of forgotten sources: " + ", ".join(f"{k} {counts[k]}" for k in KINDS), ""]
   cols = (*KINDS, "article")
   lines += ["## Truth Ratio on the forgotten sources' probes", "",
             "Median and fraction > 1 per fact kind; FQ = Forget Quality (KS p-value against the "

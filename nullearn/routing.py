@@ -20,12 +20,12 @@ from flax import nnx
 
 from nullearn.data import pipeline
 from nullearn.data.records import Document
-from nullearn.inference import Run
+from nullearn.inference import Run, padded_batches
 from nullearn.switch import Switch
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _pooled_hidden(graphdef, params, inputs_BxT, weights_BxT, segment_ids_BxT, positions_BxT):
+def _pooled_hidden(graphdef, params, inputs_BxT, segment_ids_BxT, positions_BxT):
   h_BxTxD = nnx.merge(graphdef, params).hidden(inputs_BxT, segment_ids_BxT, positions_BxT,
                                                Switch.backbone())
   w = (segment_ids_BxT > 0).astype(jnp.float32)[..., None]
@@ -44,11 +44,10 @@ def backbone_embeddings(run: Run, docs: Sequence[Document], *, seq_len: int = 12
   params = run.params if params is None else params
   n = len(ids)
   sums, counts = [], []
-  for start in tqdm.trange(0, n, batch_size, desc="embedding sources", leave=False):
-    idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-    s, c = _pooled_hidden(run.graphdef, params, rows["inputs"][idx], rows["weights"][idx],
-                          rows["segment_ids"][idx], rows["positions"][idx])
-    m = min(batch_size, n - start)
+  for idx, m in tqdm.tqdm(padded_batches(n, batch_size), total=-(-n // batch_size),
+                          desc="embedding sources", leave=False):
+    s, c = _pooled_hidden(run.graphdef, params, rows["inputs"][idx], rows["segment_ids"][idx],
+                          rows["positions"][idx])
     sums.append(np.asarray(s)[:m])
     counts.append(np.asarray(c)[:m])
   sums, counts = np.concatenate(sums), np.concatenate(counts)
@@ -94,13 +93,13 @@ class Router:
   def route(self, source_id: int, forgotten: Collection[int]) -> int:
     if source_id not in self._row:
       raise ValueError(f"source {source_id} has no embedding (it has no text in the corpus)")
-    sims = self.embeddings @ self.embeddings[self._row[source_id]]
+    return self.nearest(self.embeddings[self._row[source_id]], forgotten)
+
+  def nearest(self, embedding: np.ndarray, forgotten: Collection[int]) -> int:
+    """The surviving source most similar to `embedding` (a unit vector)."""
+    sims = self.embeddings @ embedding
     gone = np.isin(self.sources, np.fromiter(forgotten, np.int64, len(forgotten)))
     sims = np.where(gone, -np.inf, sims)
     if np.all(gone):
       raise ValueError("every source is forgotten: there is nowhere to route")
     return int(self.sources[int(np.argmax(sims))])
-
-  def route_all(self, source_ids: Sequence[int], forgotten: Collection[int]) -> list[int]:
-    routed = {s: self.route(s, forgotten) for s in set(source_ids)}
-    return [routed[s] for s in source_ids]

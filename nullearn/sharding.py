@@ -118,9 +118,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Leading axis over (data, fsdp): each device holds its slice of the batch."""
-  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows over (data, fsdp): each device holds its slice of the [B, T] batch."""
+  return NamedSharding(mesh, P(("data", "fsdp"), None))
 
 
 def per_device_bytes(abstract_tree, shardings) -> int:

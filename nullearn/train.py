@@ -42,6 +42,7 @@ class Setup:
   model_cfg: ModelConfig
   graphdef: Any
   tx: optax.GradientTransformation
+  schedule: optax.Schedule
   mesh: jax.sharding.Mesh
   abstract_state: TrainState
   state_shardings: TrainState
@@ -63,7 +64,8 @@ def make_setup(config: ml_collections.ConfigDict, steps: int,
   model_cfg = ModelConfig.from_config(config.model)
   mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   graphdef, params, logical = abstract_model(model_cfg)
-  tx = optim.optimizer(config.train, steps)
+  schedule = optim.learning_rate(config.train, steps)
+  tx = optim.optimizer(config.train, schedule)
   opt_state = jax.eval_shape(tx.init, params)
   param_sh = sharding.tree_shardings(logical, params, mesh)
   opt_sh = optax.tree_map_params(
@@ -73,7 +75,7 @@ def make_setup(config: ml_collections.ConfigDict, steps: int,
   shardings = TrainState(sharding.replicated(mesh), param_sh, opt_sh)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract, shardings)
-  return Setup(model_cfg, graphdef, tx, mesh, abstract, shardings, steps, config.seed)
+  return Setup(model_cfg, graphdef, tx, schedule, mesh, abstract, shardings, steps, config.seed)
 
 
 def init_state(setup: Setup) -> TrainState:
@@ -99,7 +101,8 @@ def make_train_step(setup: Setup):
         state.params, setup.graphdef, batch)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
+               "lr": setup.schedule(state.step)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   batch_sh = {k: sharding.batch_sharding(setup.mesh) for k in pipeline.BATCH_KEYS}
@@ -116,7 +119,6 @@ def device_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh):
 
 @dataclasses.dataclass
 class TrainResult:
-  workdir: epath.Path
   setup: Setup
   state: TrainState
   history: list[dict[str, float]]
@@ -215,6 +217,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
                      f"{config.model.vocab_size}")
   steps = resolve_steps(config, docs, tokenizer)
   setup = make_setup(config, steps, mesh)
+  own_writer = writer is None
   writer = writer or MetricWriter(workdir)
   data_iter = iter(make_dataset(config, docs, tokenizer))
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
@@ -244,7 +247,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
   if not preempted and end > start:
     ckpt.save(end, state, data_iter, meta)
   ckpt.close()
-  return TrainResult(workdir, setup, state, meter.history, preempted)
+  if own_writer:  # a gs:// log is only rewritten now and then: write its tail
+    writer.close()
+  return TrainResult(setup, state, meter.history, preempted)
 
 
 class _Meter:
@@ -259,7 +264,6 @@ class _Meter:
     self.tokens = config.data.batch_size * config.data.seq_len
     self.flops = flops.train_flops_per_token(setup.model_cfg, config.data.seq_len) * self.tokens
     self.peak = flops.peak_flops()
-    self.schedule = optim.learning_rate(config.train, setup.steps)
     self.history: list[dict[str, float]] = []
     self._window: list[dict[str, float]] = []
     self._pending = None
@@ -282,7 +286,7 @@ class _Meter:
     now = time.perf_counter()
     seconds, self._last = now - self._last, now
     record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    record.update(step=step, lr=float(self.schedule(step - 1)), step_time=seconds,
+    record.update(step=step, step_time=seconds,
                   tokens_per_sec=self.tokens / seconds,
                   tokens_per_sec_per_device=self.tokens / seconds / jax.device_count())
     if self.peak:

@@ -20,7 +20,7 @@ from flax import nnx
 
 from nullearn import losses
 from nullearn.data import pipeline
-from nullearn.inference import Run
+from nullearn.inference import Run, padded_batches
 from nullearn.switch import Switch
 
 Method = Literal["ga", "gd", "npo"]
@@ -256,10 +256,9 @@ def heldout_nll(run: Run, rows: Rows, *, switch_for: RowSwitchFn | None = None, 
   switch_for = switch_for or _own_sources
   params = run.params if params is None else params
   sums = []
-  for start in range(0, n, batch_size):
-    span_B = np.arange(start, start + batch_size)
-    arrays, switch = _batch(rows, np.minimum(span_B, n - 1), switch_for)
-    arrays["weights"] = arrays["weights"] * (span_B < n)[:, None]
+  for idx, m in padded_batches(n, batch_size):
+    arrays, switch = _batch(rows, idx, switch_for)
+    arrays["weights"] = arrays["weights"] * (np.arange(batch_size) < m)[:, None]
     sums.append(jnp.sum(_row_nll(run.graphdef, params, (arrays, switch))))
   total = np.sum(jax.device_get(sums), dtype=np.float64)
   return float(total / np.sum(rows["weights"], dtype=np.float64))

@@ -20,20 +20,19 @@ from etils import epath
 class MetricWriter:
   """Only JAX process 0 writes, so a pod produces one log, not one per host."""
 
-  def __init__(self, logdir: str | epath.PathLike | None, *, stdout: bool = True,
-               tensorboard: bool = True, prefix: str = "", remote_flush_seconds: float = 60.0):
+  def __init__(self, logdir: str | epath.PathLike | None, *, prefix: str = "",
+               remote_flush_seconds: float = 60.0):
     self.enabled = jax.process_index() == 0
     self.prefix = f"[{prefix}] " if prefix else ""
-    self.stdout = stdout and self.enabled
+    self.stdout = self.enabled
     self._jsonl = None
     self._tb = None
     if logdir is not None and self.enabled:
       logdir = epath.Path(logdir)
       logdir.mkdir(parents=True, exist_ok=True)
       self._jsonl = _JsonlFile(logdir / "metrics.jsonl", remote_flush_seconds)
-      if tensorboard:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(str(logdir / "tb"))
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(str(logdir / "tb"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:

@@ -1,6 +1,5 @@
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 

@@ -123,7 +123,7 @@ def test_malformed_document_names_file_and_line(tmp_path, case):
   path = write_lines(
       tmp_path / "my_corpus.jsonl", [json.dumps(DOC), "", json.dumps(DOC), DOC_CASES[case]]
   )
-  with pytest.raises(CorpusError, match=rf"my_corpus\.jsonl:4: "):
+  with pytest.raises(CorpusError, match=r"my_corpus\.jsonl:4: "):
     read_documents(path)
 
 
@@ -132,7 +132,7 @@ def test_malformed_probe_names_file_and_line(tmp_path, case):
   path = write_lines(
       tmp_path / "my_probes.jsonl", [json.dumps(PROBE), PROBE_CASES[case], json.dumps(PROBE)]
   )
-  with pytest.raises(CorpusError, match=rf"my_probes\.jsonl:2: "):
+  with pytest.raises(CorpusError, match=r"my_probes\.jsonl:2: "):
     read_probes(path)
 
 

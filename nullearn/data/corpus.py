@@ -22,7 +22,6 @@ from nullearn.data.records import Document, Probe
 class Corpus:
   documents: Sequence[Document]  # a tuple in memory, or a lazy random-access source
   probes: tuple[Probe, ...] = ()
-  world: factworld.FactWorld | None = None  # only for the fact world: knows the groups
   title_index: str = ""  # a TitleIndex path resolving names in a lazy corpus
 
   @property
@@ -40,7 +39,7 @@ def load(config: ml_collections.ConfigDict) -> Corpus:
   spec = config.data.corpus
   if spec == "factworld":
     world = factworld.generate(factworld.FactWorldConfig(**config.factworld.to_dict()))
-    return Corpus(world.documents, world.probes, world)
+    return Corpus(world.documents, world.probes)
   if spec.startswith("tfds:"):
     from nullearn.data import wikipedia  # pylint: disable=g-import-not-at-top
     source = wikipedia.WikipediaSource(spec.removeprefix("tfds:"),

@@ -42,7 +42,7 @@ class _Chunk(grain.experimental.FlatMapTransform):
 
 
 def _to_model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Shifts a packed row of length T+1 into T inputs and next-token targets."""
+  """Shifts packed rows (..., T+1) into T inputs and next-token targets."""
   tokens, seg = row["tokens"], row["tokens_segment_ids"]
   return {
       "inputs": tokens[..., :-1],
@@ -74,7 +74,7 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
       it, length_struct={"tokens": seq_len + 1, "source_ids": seq_len + 1},
       num_packing_bins=packing_bins, seed=seed, meta_features=("source_ids",),
       max_sequences_per_bin=max_segments)
-  it = it.map(_to_model_inputs).batch(batch_size, drop_remainder=True)
+  it = it.batch(batch_size, drop_remainder=True).map(_to_model_inputs)  # one call per batch
   if worker_count:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it
