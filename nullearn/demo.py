@@ -16,7 +16,8 @@ import time
 import ml_collections
 import numpy as np
 
-from nullearn import inference, jobs, scores
+from nullearn import evaluate as evaluation
+from nullearn import inference, jobs, report, scores
 from nullearn.data import factworld
 from nullearn.data.tokenizer import Tokenizer, train_tokenizer
 from nullearn.switch import Switch
@@ -48,30 +49,26 @@ def train_pair(config, workdir: pathlib.Path, world: factworld.FactWorld, forget
 
 
 def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget) -> dict:
-  """Truth Ratios of the forgotten sources' probes under every condition."""
+  """Truth Ratios of the forgotten sources' probes under every condition.
+
+  The suite's conditions, routed by the world's groups: each forgotten source
+  to a surviving source of its own region.
+  """
   null = inference.load_run(workdir / "null")
   oracle = inference.load_run(workdir / "oracle")
+  forget = [int(f) for f in forget]
   forget_set = set(forget)
   probes = [p for p in world.probes if p.source_id in forget_set]
-  own = [p.source_id for p in probes]
-  routed = [world.neighbour(p.source_id, forget_set) for p in probes]
-  switches = {
-      "sink on": (null, inference.per_token_switch(own)),
-      # Each forgotten source switched off on its own: routed, its own sinks excluded.
-      "switched off": (null, inference.per_token_switch(routed, exclude_per_probe=own)),
-      # A deployment that forgets the whole set: the union of their sinks excluded.
-      "all forgotten off": (null, inference.per_token_switch(routed, exclude=forget)),
-      "backbone only": (null, inference.fixed_switch(Switch.backbone())),
-      "oracle": (oracle, inference.per_token_switch(routed, exclude_per_probe=own)),
-  }
+  routed = {f: world.neighbour(f, forget_set) for f in forget}
+  conds = evaluation.conditions(evaluation.Models(null, oracle), routed, forget)
   kinds = np.asarray([p.kind for p in probes])
   table, ratios = {}, {}
-  for cond, (run, switch_for) in switches.items():
-    r = scores.truth_ratio(inference.option_nll(run, probes, switch_for, desc=cond))
+  for cond in CONDITIONS:
+    r = evaluation.truth_ratios(conds[cond], probes, desc=cond)
     ratios[cond] = r
     table[cond] = {k: scores.summarize(r[kinds == k]) for k in KINDS}
   example = next(p for p in probes if p.kind == "unique")
-  neighbour = world.neighbour(example.source_id, forget_set)
+  neighbour = routed[example.source_id]
   generation = {
       "prompt": example.prompt, "answer": example.answer,
       "sink on": inference.generate(null, example.prompt, Switch.sources([example.source_id])),
@@ -120,21 +117,7 @@ def format_report(result: dict) -> str:
 
 
 def plot(result: dict, path: pathlib.Path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  kinds = np.asarray(result["kinds"])
-  fig, axes = plt.subplots(1, len(KINDS), figsize=(12, 4.5), sharey=True)
-  for ax, kind in zip(axes, KINDS):
-    data = [np.log(np.asarray(result["ratios"][c])[kinds == kind]) for c in CONDITIONS]
-    ax.boxplot(data, showfliers=False)
-    ax.set_xticks(range(1, len(CONDITIONS) + 1), CONDITIONS, rotation=20)
-    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
-    ax.set_title(f"{kind} facts of forgotten sources")
-  axes[0].set_ylabel("log Truth Ratio (> 0: prefers the answer)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  report.plot_ratios({c: result["ratios"][c] for c in CONDITIONS}, result["kinds"], path, KINDS)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:

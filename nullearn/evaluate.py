@@ -64,12 +64,12 @@ def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
   log("embedding sources for routing")
   router = _router(models.null, docs, names, cfg)
   routed = {f: router.route(f, forget_set) for f in forget}
-  conds = _conditions(models, routed, forget)
+  conds = conditions(models, routed, forget)
   report = {"forgotten": [{"id": f, "name": names[f], "routed_to": routed[f],
                            "routed_name": names[routed[f]]} for f in forget]}
 
   log(f"scoring {len(forgotten_probes)} probes of {len(forget)} forgotten sources")
-  ratios = {name: _ratios(c, forgotten_probes, desc=name) for name, c in conds.items()}
+  ratios = {name: truth_ratios(c, forgotten_probes, desc=name) for name, c in conds.items()}
   kinds = _taxonomy(forgotten_probes, ratios.get("oracle"))
   report["probes"] = {"kinds": kinds, "counts": {k: kinds.count(k) for k in KINDS}}
   report["conditions"] = _summaries(ratios, kinds)
@@ -80,8 +80,8 @@ def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
     log(f"scoring {len(retained)} probes of retained sources")
     own = lambda ids: Switch.sources(ids)
     report["retained"] = {
-        "sink on": scores.summarize(_ratios(Condition(models.null, own), retained)),
-        "after forgetting": scores.summarize(_ratios(Condition(
+        "sink on": scores.summarize(truth_ratios(Condition(models.null, own), retained)),
+        "after forgetting": scores.summarize(truth_ratios(Condition(
             models.null, lambda ids: Switch.sources(ids, exclude=forget)), retained)),
     }
 
@@ -113,7 +113,7 @@ def _router(run: Run, docs, names, cfg) -> routing.Router:
   return routing.Router(*routing.backbone_embeddings(run, docs, seq_len=cfg.seq_len))
 
 
-def _conditions(models: Models, routed: dict[int, int], forget: list[int]) -> dict[str, Condition]:
+def conditions(models: Models, routed: dict[int, int], forget: list[int]) -> dict[str, Condition]:
   """Sink on; switched off (each forgotten source alone, and all at once); backbone; expected; oracle."""
   route = np.vectorize(lambda s: routed.get(int(s), int(s)), otypes=[np.int64])
   off = lambda ids: Switch.sources(route(ids), exclude=np.asarray(ids)[:, :1].astype(np.int64))
@@ -132,7 +132,7 @@ def _conditions(models: Models, routed: dict[int, int], forget: list[int]) -> di
   return conds
 
 
-def _ratios(cond: Condition, probes: Sequence[Probe], desc: str | None = None) -> np.ndarray:
+def truth_ratios(cond: Condition, probes: Sequence[Probe], desc: str | None = None) -> np.ndarray:
   ids = np.asarray([p.source_id for p in probes], np.int64)
   switch_for = lambda idx: cond.switch_for_sources(ids[idx][:, None])
   nll = inference.option_nll(cond.run, probes, switch_for, params=cond.params, desc=desc)
@@ -220,11 +220,11 @@ def _baselines(models: Models, docs, forget_set, rows_forget, probes, kinds, ora
                                   rows_retain=rows_retain if method != "ga" else None,
                                   beta=cfg.npo_beta, seed=cfg.seed)
       cond = Condition(run, lambda ids: Switch.sources(ids), params)
-      r = _ratios(cond, probes, desc=name)
+      r = truth_ratios(cond, probes, desc=name)
       rep = _summaries({name: r, **({"oracle": oracle_ratios} if oracle_ratios is not None
                                     else {})}, kinds)[name]
       if retained:
-        rep["retained"] = scores.summarize(_ratios(cond, retained))
+        rep["retained"] = scores.summarize(truth_ratios(cond, retained))
       out[name] = {"condition": cond, "report": rep, "ratios": r}
   return out
 
@@ -275,12 +275,12 @@ def _relearning(models, conds, unlearned, docs, forget_set, probes, cfg, log) ->
       c = dataclasses.replace(cond, params=snaps[k])
       curve["loss"].append(unlearning.heldout_nll(cond.run, rows_test, params=snaps[k],
                                                   switch_for=cond.switch_for_sources))
-      curve["median_ratio"].append(float(np.median(_ratios(c, held_probes))))
+      curve["median_ratio"].append(float(np.median(truth_ratios(c, held_probes))))
     curves[name] = curve
   before = {}  # the facts as each model knew them before any post-hoc unlearning
   for base_name in {name.split("+")[0] for name in curves if "+" in name}:
     base = models.plain if base_name == "plain" else models.null
-    before[base_name] = float(np.median(_ratios(Condition(base, lambda ids: Switch.sources(ids)),
+    before[base_name] = float(np.median(truth_ratios(Condition(base, lambda ids: Switch.sources(ids)),
                                                 held_probes)))
   return {"curves": curves, "before_unlearning_median_ratio": before,
           "num_test_probes": len(held_probes), "test_tokens": float(rows_test["weights"].sum())}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Sequence
 
 import numpy as np
 from etils import epath
@@ -17,7 +18,7 @@ def write(report: dict, out_dir: str | epath.PathLike) -> list[epath.Path]:
   (out / "report.json").write_text(json.dumps(report, indent=1, default=_jsonable))
   (out / "report.md").write_text(markdown(report))
   written = [out / "report.json", out / "report.md"]
-  written += _plot_ratios(report, out / "truth_ratios.png")
+  written.append(plot_ratios(report["ratios"], report["probes"]["kinds"], out / "truth_ratios.png"))
   if report.get("relearning"):
     written += _plot_relearning(report["relearning"], out / "relearning.png")
   return written
@@ -106,20 +107,22 @@ def markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _plot_ratios(report: dict, path: epath.Path) -> list[epath.Path]:
+def plot_ratios(ratios: dict[str, Sequence[float]], kinds: Sequence[str], path: epath.PathLike,
+                kind_order: Sequence[str] = KINDS) -> epath.Path:
+  """Box plots of log Truth Ratio per condition, one panel per fact kind present."""
   plt = _pyplot()
-  kinds = np.asarray(report["probes"]["kinds"])
-  present = [k for k in KINDS if np.any(kinds == k)]
-  conds = list(report["ratios"])
+  kinds = np.asarray(kinds)
+  present = [k for k in kind_order if np.any(kinds == k)]
+  conds = list(ratios)
   fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 4.5), squeeze=False)
   for ax, kind in zip(axes[0], present):
-    data = [np.log(np.asarray(report["ratios"][c])[kinds == kind]) for c in conds]
+    data = [np.log(np.asarray(ratios[c])[kinds == kind]) for c in conds]
     ax.boxplot(data, showfliers=False)
     ax.set_xticks(range(1, len(conds) + 1), conds, rotation=30, ha="right")
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
     ax.set_title(f"{kind} facts ({int(np.sum(kinds == kind))})")
   axes[0][0].set_ylabel("log Truth Ratio (> 0: prefers the answer)")
-  return [_save(fig, path, plt)]
+  return _save(fig, epath.Path(path), plt)
 
 
 def _plot_relearning(rel: dict, path: epath.Path) -> list[epath.Path]:
