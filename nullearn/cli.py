@@ -6,6 +6,7 @@ overrides as `--config.model.d_model=128`.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -38,6 +39,8 @@ _FORGET = flags.DEFINE_list("forget", None, "eval: sources to forget, ids or nam
                             "(default: --config.eval.forget).")
 _CORPUS = flags.DEFINE_string("corpus", None, "eval: documents .jsonl (default: the corpus "
                               "the checkpoint was trained on).")
+_FORCE = flags.DEFINE_bool("force", False, "eval: compare with an oracle or plain model that "
+                           "fails validation (the report says so).")
 _PROBES = flags.DEFINE_string("probes", None, "eval: probes .jsonl (default: the corpus's own, "
                               "or cloze probes built from the text).")
 
@@ -46,7 +49,8 @@ USAGE = """usage: nullearn <command> [flags]
 commands:
   demo              train a NULL and an oracle on the embedded fact world, switch sources off
   train             train (or resume) a run: --config=... --workdir=...
-  eval              unlearning report: --workdir=NULL [--oracle=DIR --plain=DIR] --forget=... --out=DIR
+  eval              unlearning report: --workdir=NULL [--oracle=DIR --plain=DIR] --forget=...
+                    --out=DIR
   tokenizer train   train the run's SentencePiece model: --config=... --workdir=...
   titles            build the title -> id index of a TFDS corpus: --config=... --out=DIR
   factworld         write the fact world as documents.jsonl and probes.jsonl: --out=DIR
@@ -69,53 +73,48 @@ def _out(what: str) -> str:
 
 def _run_tokenizer(config, workdir, corpus):
   """The run's tokenizer; trained and written by process 0 only, then read by all."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-  from nullearn.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  from nullearn.demo import run_tokenizer  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax.experimental import multihost_utils
+
+  from nullearn.data import corpus as corpus_lib
+  from nullearn.data import tokenizer as tokenizer_lib
   if jax.process_index() == 0:
-    if _TOKENIZER.value:
-      Tokenizer.load(_TOKENIZER.value).save(workdir / "tokenizer.model")
-    else:
-      run_tokenizer(workdir, corpus_lib.tokenizer_texts(corpus, config), config)
+    tokenizer_lib.for_run(workdir, corpus_lib.tokenizer_texts(corpus, config), config.tokenizer,
+                          config.model.vocab_size, given=_TOKENIZER.value)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("nullearn tokenizer")
-  return Tokenizer.load(workdir / "tokenizer.model")
+  return tokenizer_lib.Tokenizer.load(workdir / "tokenizer.model")
 
 
 def demo_main(argv):
   del argv
-  from nullearn import demo  # pylint: disable=g-import-not-at-top
+  from nullearn import demo
   demo.run(_CONFIG.value, _workdir("demo_out"))
 
 
 def train_main(argv):
   del argv
   if _DRY_RUN.value:
-    from nullearn import dryrun  # pylint: disable=g-import-not-at-top
+    from nullearn import dryrun
     print(dryrun.format_plan(dryrun.plan(_CONFIG.value)))
     return
   if _MULTIHOST.value:
-    from nullearn import distributed  # pylint: disable=g-import-not-at-top
+    from nullearn import distributed
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  import jax  # pylint: disable=g-import-not-at-top
-  from nullearn import train  # pylint: disable=g-import-not-at-top
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  from nullearn import train
+  from nullearn.data import corpus as corpus_lib
   config, workdir = _CONFIG.value, _workdir()
+  train.check_config(config)
   workdir.mkdir(parents=True, exist_ok=True)
   corpus = corpus_lib.load(config)
-  exclude = corpus_lib.resolve_sources(corpus, config.data.exclude_sources)
   tokenizer = _run_tokenizer(config, workdir, corpus)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-  train.train(config, workdir, corpus_lib.without(corpus.documents, exclude), tokenizer)
+  train.train(config, workdir, corpus, tokenizer)
 
 
 def tokenizer_main(argv):
   if argv[1:] != ["train"]:
     raise app.UsageError("usage: nullearn tokenizer train --config=... --workdir=...")
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  from nullearn.data import corpus as corpus_lib
   config, workdir = _CONFIG.value, _workdir()
   workdir.mkdir(parents=True, exist_ok=True)
   if (workdir / "tokenizer.model").exists():
@@ -126,8 +125,8 @@ def tokenizer_main(argv):
 
 def titles_main(argv):
   del argv
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-  from nullearn.data import wikipedia  # pylint: disable=g-import-not-at-top
+  from nullearn.data import corpus as corpus_lib
+  from nullearn.data import wikipedia
   out = _out("a local directory for the index")
   corpus = corpus_lib.load(_CONFIG.value)
   if corpus.in_memory:
@@ -139,12 +138,16 @@ def titles_main(argv):
 
 def eval_main(argv):
   del argv
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from nullearn import evaluate, inference, report  # pylint: disable=g-import-not-at-top
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  import ml_collections
+
+  from nullearn import evaluate, inference, report
+  from nullearn.data import corpus as corpus_lib
   out = _out("the report directory")
   config = _CONFIG.value
   null = inference.load_run(_workdir())
+  models = evaluate.Models(
+      null, oracle=inference.load_run(_ORACLE.value) if _ORACLE.value else None,
+      plain=inference.load_run(_PLAIN.value) if _PLAIN.value else None)
   run_config = ml_collections.ConfigDict(null.meta["config"])
   if _CORPUS.value:
     run_config.data.corpus = _CORPUS.value
@@ -154,13 +157,15 @@ def eval_main(argv):
   if not corpus.in_memory:
     raise app.UsageError("eval needs a corpus in memory (the fact world or a .jsonl file)")
   forget = corpus_lib.resolve_sources(corpus, _FORGET.value or config.eval.forget)
-  heldout = set(corpus_lib.resolve_sources(corpus, config.eval.heldout_sources))
-  models = evaluate.Models(
-      null, oracle=inference.load_run(_ORACLE.value) if _ORACLE.value else None,
-      plain=inference.load_run(_PLAIN.value) if _PLAIN.value else None)
+  problems = evaluate.validate(models, forget)
+  if problems and not _FORCE.value:
+    raise evaluate.ModelMismatchError(f"{problems[0]} (--force compares anyway; the report "
+                                      "then says so)")
+  heldout = set(null.meta.get("data", {}).get("heldout", ()))
   result = evaluate.evaluate(
-      models, corpus_lib.without(corpus.documents, heldout), corpus.probes, forget, config.eval,
-      heldout=[d for d in corpus.documents if d.source_id in heldout])
+      models, [d for d in corpus.documents if d.source_id not in heldout], corpus.probes, forget,
+      config.eval, heldout=[d for d in corpus.documents if d.source_id in heldout],
+      forced=problems)
   for path in report.write(result, out):
     print(f"wrote {path}")
   print((epath.Path(out) / "report.md").read_text())
@@ -168,10 +173,10 @@ def eval_main(argv):
 
 def factworld_main(argv):
   del argv
-  from nullearn.data import factworld, records  # pylint: disable=g-import-not-at-top
+  from nullearn.data import factworld, records
   out = pathlib.Path(_out("where to write the files"))
   out.mkdir(parents=True, exist_ok=True)
-  world = factworld.generate(factworld.FactWorldConfig(**_CONFIG.value.factworld.to_dict()))
+  world = factworld.generate(factworld.FactWorldConfig.from_config(_CONFIG.value))
   records.write_documents(out / "documents.jsonl", world.documents)
   records.write_probes(out / "probes.jsonl", world.probes)
   print(f"wrote {len(world.documents)} documents and {len(world.probes)} probes to {out}")
@@ -190,7 +195,16 @@ def main(argv: list[str] | None = None) -> None:
 
   def run(args):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore at INFO
-    COMMANDS[command](args)
+    try:
+      COMMANDS[command](args)
+    except (app.UsageError, ValueError, OSError, KeyError) as e:
+      # Bad input: one line naming the field or file, no traceback (NULLEARN_TRACEBACK=1
+      # shows it). Any other exception is a bug and keeps its traceback.
+      if os.environ.get("NULLEARN_TRACEBACK"):
+        raise
+      message = " ".join(str(e).split()) or type(e).__name__
+      print(f"nullearn {command}: error: {message}", file=sys.stderr)
+      sys.exit(2)
   app.run(run, argv=argv)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import tqdm
@@ -31,7 +32,7 @@ class MetricWriter:
       logdir = epath.Path(logdir)
       logdir.mkdir(parents=True, exist_ok=True)
       self._jsonl = _JsonlFile(logdir / "metrics.jsonl", remote_flush_seconds)
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(str(logdir / "tb"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -49,7 +50,7 @@ class MetricWriter:
 
   def text(self, message: str) -> None:
     if self.stdout:
-      tqdm.tqdm.write(message, file=sys.stdout)
+      tqdm.tqdm.write(self.prefix + message, file=sys.stdout)
 
   def close(self) -> None:
     if self._jsonl:
@@ -69,7 +70,7 @@ class _JsonlFile:
     if self.remote:
       self._lines = path.read_text().splitlines() if path.exists() else []
     else:
-      self._file = open(path, "a", buffering=1)
+      self._file = open(path, "a", buffering=1)  # noqa: SIM115 - held open until close()
 
   def write(self, line: str) -> None:
     if not self.remote:

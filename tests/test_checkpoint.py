@@ -13,6 +13,7 @@ import pytest
 
 from conftest import small_config
 from nullearn import checkpoint, sharding, train
+from nullearn.data import pipeline
 
 WORKER = pathlib.Path(__file__).parent / "train_worker.py"
 
@@ -55,13 +56,12 @@ def corrupt(step_dir: pathlib.Path):
 
 def test_corrupt_checkpoint_falls_back_to_the_last_good_one(world, tokenizer, tmp_path, capsys):
   c = small_config()
-  c.train.update(dict(steps=8, checkpoint_every=4))
-  train.train(c, tmp_path, world.documents, tokenizer)
+  c.train.update(dict(steps=12, checkpoint_every=4))
+  train.train(c, tmp_path, world.documents, tokenizer, stop_after=8)
   ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
   assert ckpt.all_steps() == [4, 8]
   corrupt(ckpt.directory / "8")
-  c.train.steps = 10
-  resumed = train.train(c, tmp_path, world.documents, tokenizer)
+  resumed = train.train(c, tmp_path, world.documents, tokenizer, stop_after=10)
   out = capsys.readouterr().out
   assert "checkpoints/8 is corrupt or partial" in out and "resuming from" in out
   assert resumed.history[0]["step"] == 5  # went on from step 4, the last good one
@@ -71,7 +71,6 @@ def test_corrupt_checkpoint_falls_back_to_the_last_good_one(world, tokenizer, tm
   assert ckpt.latest_step() == 10
   for step in ckpt.all_steps():
     corrupt(ckpt.directory / str(step))
-  c.train.steps = 12
   with pytest.raises(checkpoint.CorruptCheckpointError, match="no checkpoint could be restored"):
     train.train(c, tmp_path, world.documents, tokenizer)
 
@@ -97,11 +96,11 @@ def test_two_processes_train_the_model_one_process_would(world, tokenizer, tmp_p
   c.train.steps = steps
   c.mesh.update(dict(data=2, fsdp=2, tensor=1))
   mesh = sharding.make_mesh(2, 2, 1)
-  shares = [iter(train.make_dataset(c, world.documents, tokenizer, shard_index=i, shard_count=2))
+  shares = [iter(pipeline.make_dataset(c, world.documents, tokenizer, shard_index=i, shard_count=2))
             for i in (0, 1)]
   setup = train.make_setup(c, steps, mesh)
   state, step = train.init_state(setup), train.make_train_step(setup)
-  with sharding.active_mesh(mesh):
+  with jax.set_mesh(mesh):
     for _ in range(steps):
       parts = [next(s) for s in shares]
       batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -246,7 +246,8 @@ def test_corpus_from_a_tfds_spec_stays_lazy(data_dir, tmp_path):
   c.data.title_index = str(tmp_path / "titles")
   corpus = corpus_lib.load(c)
   assert corpus_lib.resolve_sources(corpus, [TITLES[3], TITLES[7]]) == [3, 7]
-  kept = corpus_lib.without(corpus.documents, [1, 2])
+  c.data.exclude_sources = (1, TITLES[2])
+  kept = corpus_lib.training_set(corpus, c).documents
   assert isinstance(kept, grain.MapDataset)
   ids = [d.source_id for d in kept.to_iter_dataset()]
   assert ids == [i for i in range(NUM_ARTICLES) if i not in (1, 2)]
@@ -257,8 +258,8 @@ def test_corpus_from_a_tfds_spec_stays_lazy(data_dir, tmp_path):
 
 def test_wikipedia_tiny_trains_on_the_local_copy(data_dir, tmp_path):
   """The pod's data path end to end on a CPU: TFDS source -> tokenizer sample -> Grain -> steps."""
-  from nullearn import train  # pylint: disable=g-import-not-at-top
-  from nullearn.data.tokenizer import train_tokenizer  # pylint: disable=g-import-not-at-top
+  from nullearn import train
+  from nullearn.data.tokenizer import train_tokenizer
   c = wikipedia_tiny.get_config()
   c.data.tfds_data_dir = str(data_dir)
   c.tokenizer.sample_docs = 100
@@ -267,5 +268,6 @@ def test_wikipedia_tiny_trains_on_the_local_copy(data_dir, tmp_path):
   c.mesh.update(dict(data=1, fsdp=1, tensor=1))
   corpus = corpus_lib.load(c)
   tok = train_tokenizer(corpus_lib.tokenizer_texts(corpus, c), 512)
-  result = train.train(c, tmp_path, corpus_lib.without(corpus.documents, [5]), tok)
+  c.data.exclude_sources = (5,)
+  result = train.train(c, tmp_path, corpus, tok)
   assert int(result.state.step) == 3 and np.isfinite(result.history[-1]["loss"])

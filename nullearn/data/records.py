@@ -13,8 +13,7 @@ import os
 from collections.abc import Iterable
 from typing import TypeVar
 
-from nullearn.masks import SOURCE_ID_MAX
-
+SOURCE_ID_MAX = 2**32 - 1  # source ids are uint32: they key masks through fold_in
 FACT_KINDS = ("unique", "shared", "inferred")
 MIN_DISTRACTORS = 3
 
@@ -38,8 +37,8 @@ def check_source_id(value: object) -> int:
 def _check_str(name: str, value: object, *, nonempty: bool = False) -> None:
   if not isinstance(value, str):
     raise ValueError(f"{name} must be a string, got {type(value).__name__}")
-  if nonempty and not value:
-    raise ValueError(f"{name} must not be empty")
+  if nonempty and not value.strip():
+    raise ValueError(f"{name} must not be empty or blank")
 
 
 @dataclasses.dataclass(frozen=True)
