@@ -95,7 +95,9 @@ def load(config: ml_collections.ConfigDict) -> Corpus:
   path = pathlib.Path(spec)
   if path.suffix == ".jsonl":
     docs = tuple(records.read_documents(path))
-    probes = tuple(records.read_probes(config.data.probes)) if config.data.probes else ()
+    sources = {d.source_id for d in docs}
+    probes = (tuple(records.read_probes(config.data.probes, sources)) if config.data.probes
+              else ())
     return Corpus(docs, probes)
   raise ValueError(f"unknown corpus {spec!r}: use 'factworld', a documents .jsonl file or "
                    "'tfds:<name>/<config>'")
