@@ -17,7 +17,6 @@ Settings come from launch/config.sh; DRY_RUN=1 prints the command instead."
 source "$(dirname "$0")/config.sh"
 usage_on_help "$@"
 need_bucket
-[[ -n "$WORKDIR" ]] || die "set WORKDIR (or GCS_BUCKET)"
 need_seconds LOG_SYNC_SECONDS
 : "${STARTUP_FILE:=${TMPDIR:-/tmp}/nullearn-startup-$TPU_NAME.sh}"
 

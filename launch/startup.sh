@@ -20,6 +20,7 @@
 
 set -uo pipefail  # no -e: whatever fails, the log must still reach GCS
 export HOME=${HOME:-/root}  # pip and uv need one; systemd gives the startup script none
+export PATH=$PATH:/snap/bin  # gcloud, where the image has it as a snap
 METADATA=http://metadata.google.internal/computeMetadata/v1/instance/attributes
 
 mkdir -p "$REMOTE_DIR" && cd "$REMOTE_DIR" || exit 1
