@@ -14,7 +14,7 @@ Watches the queued resource TPU_NAME every POLL_SECONDS, from any machine with g
   - FAILED marker there (a trainer exited with an error) on an ACTIVE slice, seen on two
     polls in a row: deletes the slice and exits 1. It refuses to start while that marker
     is there: read the logs, fix, remove it (gcloud storage rm), start again.
-Waiting for resources or provisioning, it waits. Every line it prints starts with the time.
+Waiting for resources or provisioning, it waits. Its own lines start with the time.
 Settings come from launch/config.sh; DRY_RUN=1 prints what it runs on a preempted slice."
 
 # shellcheck source-path=SCRIPTDIR source=config.sh
