@@ -72,6 +72,7 @@ class FakeCloud:
     (bin_dir / "gcloud").write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_GCLOUD} "$@"\n')
     (bin_dir / "gcloud").chmod(0o755)
     self.root.mkdir()
+    self.started: list[subprocess.Popen] = []
     self.env = {
         "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_ROOT": str(self.root),
         "TMPDIR": str(tmp_path), "TPU_NAME": "test-pod", "ZONE": "us-test1-a",
@@ -85,9 +86,11 @@ class FakeCloud:
                           timeout=timeout, check=False)
 
   def start(self, script: str, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(["bash", str(REPO / "launch" / script), *args],
+    proc = subprocess.Popen(["bash", str(REPO / "launch" / script), *args],
                             env={**self.env, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    self.started.append(proc)
+    return proc
 
   def upload_source(self) -> str:
     """Uploads the repository with setup.sh; returns the tarball's sha256."""
@@ -118,7 +121,11 @@ class FakeCloud:
     return [c for c in map(json.loads, lines) if c[:len(prefix)] == list(prefix)]
 
   def shut_down_all(self) -> None:
-    """Stops every worker still running (a failed test may leave some)."""
+    """Stops what a failed test may leave running: the scripts it started, then the workers."""
+    for proc in self.started:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
     for record in (self.root / "slices").glob("*.json"):
       shut_down(json.loads(record.read_text())["workers"])
 
@@ -127,8 +134,7 @@ class FakeCloud:
 def cloud(tmp_path):
   fake = FakeCloud(tmp_path)
   yield fake
-  if (fake.root / "slices").exists():
-    fake.shut_down_all()
+  fake.shut_down_all()
 
 
 def wait_for(predicate, seconds: float, proc: subprocess.Popen | None = None) -> None:
