@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from etils import epath
 from flax import nnx
 
@@ -21,6 +20,7 @@ from nullearn.data.records import Probe
 from nullearn.data.tokenizer import EOS_ID, Tokenizer
 from nullearn.model import ModelConfig, Transformer
 from nullearn.switch import Switch
+from nullearn.writer import progress
 
 
 @dataclasses.dataclass
@@ -124,7 +124,7 @@ def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
   params = run.params if params is None else params
   out = np.zeros(len(lengths), np.float32)
   batches = list(batching.token_batches(lengths, max_tokens))
-  for idx, m, width in tqdm.tqdm(batches, desc=desc, disable=desc is None, leave=False):
+  for idx, m, width in progress(batches, desc=desc):
     tokens = batching.pad_rows([rows.tokens[i] for i in idx], width)
     nll = _mean_option_nll(run.graphdef, params, tokens, rows.starts[idx], lengths[idx],
                            switch_for(rows.probe[idx]))

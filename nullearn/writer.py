@@ -107,3 +107,9 @@ def _fmt(v: float) -> str:
   if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
     return f"{v:.3e}"
   return f"{v:.4f}"
+
+
+def progress(iterable, desc: str | None = None, total: int | None = None):
+  """A progress bar on a terminal only: a log file gets no carriage-return bars."""
+  return tqdm.tqdm(iterable, desc=desc, total=total, leave=False,
+                   disable=desc is None or not sys.stderr.isatty())
