@@ -145,11 +145,14 @@ def mean_stderr(values: np.ndarray) -> tuple[float, float]:
 
 
 def score_questions(run: Run, questions: Sequence[Question], metrics: Sequence[str],
-                    switch_for: QuestionSwitchFn, **kwargs) -> dict[str, float]:
+                    switch_for: QuestionSwitchFn, *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                    max_len: int | None = None) -> dict[str, float]:
   """{metric, metric_stderr for each of `metrics`, n}."""
   if not questions:
     raise ValueError("no questions to score")
-  correct = choice_accuracy(choice_loglikelihoods(run, questions, switch_for, **kwargs), questions)
+  lls = choice_loglikelihoods(run, questions, switch_for, batch_tokens=batch_tokens,
+                              max_len=max_len)
+  correct = choice_accuracy(lls, questions)
   out = {"n": len(questions)}
   for metric in metrics:
     out[metric], out[f"{metric}_stderr"] = mean_stderr(correct[metric])
@@ -157,11 +160,13 @@ def score_questions(run: Run, questions: Sequence[Question], metrics: Sequence[s
 
 
 def score_task(run: Run, task: str, switch_for: QuestionSwitchFn | None = None, *,
-               data_dir=None, limit: int | None = None, **kwargs) -> dict[str, float]:
+               data_dir=None, limit: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+               max_len: int | None = None) -> dict[str, float]:
   """One task's accuracy (lm-eval's metrics for it) under `switch_for` (default: backbone)."""
   questions = mc_tasks.load_questions(task, data_dir=data_dir, limit=limit)
   return score_questions(run, questions, mc_tasks.task(task).metrics,
-                         switch_for or fixed_switch(Switch.backbone()), **kwargs)
+                         switch_for or fixed_switch(Switch.backbone()),
+                         batch_tokens=batch_tokens, max_len=max_len)
 
 
 Conditions = Mapping[str, tuple[Run, QuestionSwitchFn]]
@@ -182,21 +187,24 @@ def conditions(null: Run, *, plain: Run | None = None,
 
 def evaluate_capability(models: Conditions, tasks: Sequence[str] = tuple(mc_tasks.TASKS), *,
                         data_dir=None, limit: int | None = None,
-                        log: Callable[[str], None] = print, **kwargs) -> dict:
+                        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                        log: Callable[[str], None] = print) -> dict:
   """Every condition on every task, the average over tasks, and the paper's figures.
 
-  The average's `acc_norm` takes `acc` for tasks without it (Winogrande), and its
-  standard error treats the tasks as independent.
+  Every task is read before any is scored, so a missing dataset stops it at once. The
+  average's `acc_norm` takes `acc` for tasks without it (Winogrande), and its standard
+  error treats the tasks as independent.
   """
+  questions = {name: mc_tasks.load_questions(name, data_dir=data_dir, limit=limit)
+               for name in tasks}
   report = {"tasks": {}, "average": {}, "paper": PAPER}
   for name in tasks:
-    spec = mc_tasks.task(name)
-    questions = mc_tasks.load_questions(name, data_dir=data_dir, limit=limit)
     report["tasks"][name] = {}
     for condition, (run, switch_for) in models.items():
-      log(f"{name}: {condition} ({len(questions)} questions)")
-      report["tasks"][name][condition] = score_questions(run, questions, spec.metrics,
-                                                         switch_for, **kwargs)
+      log(f"{name}: {condition} ({len(questions[name])} questions)")
+      report["tasks"][name][condition] = score_questions(
+          run, questions[name], mc_tasks.task(name).metrics, switch_for,
+          batch_tokens=batch_tokens)
   for condition in models:
     rows = [report["tasks"][t][condition] for t in tasks]
     report["average"][condition] = {}
@@ -233,11 +241,14 @@ def capability_main(argv: Sequence[str]) -> None:
   if args[:1] == ["prepare"]:
     if len(args) not in (2, 3):
       raise SystemExit("usage: nullearn capability prepare TASK [MANUAL_DIR]")
-    print(f"prepared {mc_tasks.prepare(args[1], manual_dir=(args[2:] or [None])[0])}")
+    print(f"prepared {mc_tasks.prepare(args[1], manual_dir=args[2] if len(args) == 3 else None)}")
     return
   tasks = args or list(mc_tasks.TASKS)
-  for name in tasks:  # fail before loading models: unknown task, dataset not prepared
-    mc_tasks.load_questions(name, limit=1)
+  try:  # before loading any model: an unknown task, a dataset not prepared
+    for name in tasks:
+      mc_tasks.load_questions(name, limit=1)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"nullearn capability: {e}") from e
   f = flags.FLAGS
   if not f.workdir or not f.out:
     raise SystemExit("nullearn capability needs --workdir (the NULL) and --out")

@@ -13,9 +13,20 @@ accuracies compare with published ones:
              the same continuation " " + (the sentence after the blank).strip(); validation
              split of the xl configuration (TFDS's `winogrande` validation is the same dev set).
 
-Reading needs no TensorFlow (`as_data_source` on ArrayRecord). Preparing ai2_arc,
-winogrande and piqa does in TFDS 4.9.10 (its archive extractor calls TensorFlow); SciQ has
-no TFDS builder, so `Sciq` below converts the Hugging Face dataset's parquet files.
+Reading needs no TensorFlow (`as_data_source` on ArrayRecord). Preparing, once, into
+TFDS_DATA_DIR (local or gs://), then copying it where the models are evaluated:
+
+- SciQ has no TFDS builder: `Sciq` below converts the parquet files of the Hugging Face
+  dataset allenai/sciq, without TensorFlow or `datasets`:
+  `hf download allenai/sciq --repo-type=dataset --local-dir=DIR`, then
+  `nullearn capability prepare sciq DIR`.
+- ai2_arc, winogrande and piqa need TensorFlow to prepare in TFDS 4.9.10 (its archive
+  extractor calls it; the `tfds build` command also imports apache_beam at start-up):
+  `pip install tensorflow-cpu`, then `nullearn capability prepare arc_easy` (likewise
+  winogrande, piqa), or with TFDS alone `tfds.builder("ai2_arc/ARC-Easy",
+  file_format="array_record").download_and_prepare()`. Offline, put the archive TFDS would
+  fetch (ARC-V1-Feb2018.zip, winogrande_1.1.zip, physicaliqa-train-dev.zip) in a directory
+  and pass it: `nullearn capability prepare piqa DIR` (TFDS checks its checksum).
 """
 
 from __future__ import annotations
