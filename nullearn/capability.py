@@ -4,9 +4,11 @@ A choice's log-likelihood is the summed log-probability of its continuation toke
 after its context (lm-evaluation-harness: `lm_eval/api/model.py` `_encode_pair` splits
 the tokens, `lm_eval/api/task.py` `process_results` scores): `acc` picks the choice with
 the largest sum, `acc_norm` the largest sum divided by the choice string's length in
-characters. Contexts are cut from the left to the model's trained context, as lm-eval
-cuts to its max length. The NULL is scored with every sink off, under the expected mask
-and routed to a source; the plain model of the same width for comparison.
+characters. Each row starts with BOS, as the project's training documents do, and is
+cut from the left to the model's trained context, as lm-eval cuts to its max length.
+Each task's formatting, and the lm-eval file it follows, is in `nullearn.data.mc_tasks`.
+The NULL is scored with every sink off, under the expected mask and routed to a source;
+the plain model of the same width for comparison.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ PAPER = {"arc_easy": (0.428, 0.434), "winogrande": (0.530, 0.510), "piqa": (0.64
          "sciq": (0.639, 0.631), "average": (0.560, 0.555)}
 
 
-def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int],
-                                                                                 list[int]]:
+def encode_pair(tokenizer: Tokenizer, context: str,
+                continuation: str) -> tuple[list[int], list[int]]:
   """lm-eval's split: the context's trailing spaces join the continuation, whose tokens
   are what encoding the whole adds after the context's own tokens."""
   spaces = len(context) - len(context.rstrip())
@@ -112,16 +114,19 @@ def choice_loglikelihoods(run: Run, questions: Sequence[Question], switch_for: Q
   max_len = trained_context(run) if max_len is None else max_len
   rows, scored, owner = choice_rows(run.tokenizer, questions, max_len)
   params = run.params if params is None else params
-  out = np.zeros(len(rows), np.float64)
-  for width, idx, m in batch_plan(np.asarray([len(r) - 1 for r in rows]), max_len, batch_tokens):
+  plan = batch_plan(np.asarray([len(r) - 1 for r in rows]), max_len, batch_tokens)
+  results = []  # fetched at the end, so the device never waits for the host between batches
+  for width, idx, _ in plan:
     tokens_BxW = np.zeros((len(idx), width + 1), np.int32)
     weights_BxW = np.zeros((len(idx), width + 1), np.float32)
     for b, r in enumerate(idx):
       tokens_BxW[b, :len(rows[r])] = rows[r]
       weights_BxW[b, len(rows[r]) - scored[r]:len(rows[r])] = 1.0
     switch = switch_for([questions[q] for q in owner[idx]])
-    ll = _summed_loglik(run.graphdef, params, tokens_BxW, weights_BxW, switch)
-    out[idx[:m]] = np.asarray(ll)[:m]
+    results.append(_summed_loglik(run.graphdef, params, tokens_BxW, weights_BxW, switch))
+  out = np.zeros(len(rows), np.float64)
+  for (_, idx, m), ll in zip(plan, jax.device_get(results)):
+    out[idx[:m]] = ll[:m]
   return np.split(out, np.cumsum(np.bincount(owner, minlength=len(questions)))[:-1])
 
 

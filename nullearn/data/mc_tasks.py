@@ -21,7 +21,7 @@ TFDS_DATA_DIR (local or gs://), then copying it where the models are evaluated:
   `hf download allenai/sciq --repo-type=dataset --local-dir=DIR`, then
   `nullearn capability prepare sciq DIR`.
 - ai2_arc, winogrande and piqa need TensorFlow to prepare in TFDS 4.9.10 (its archive
-  extractor calls it; the `tfds build` command also imports apache_beam at start-up):
+  extractor calls it; the `tfds build` command needs apache-beam and mlcroissant too):
   `pip install tensorflow-cpu`, then `nullearn capability prepare arc_easy` (likewise
   winogrande, piqa), or with TFDS alone `tfds.builder("ai2_arc/ARC-Easy",
   file_format="array_record").download_and_prepare()`. Offline, put the archive TFDS would
