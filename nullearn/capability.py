@@ -4,8 +4,9 @@ A choice's log-likelihood is the summed log-probability of its continuation toke
 after its context (lm-evaluation-harness: `lm_eval/api/model.py` `_encode_pair` splits
 the tokens, `lm_eval/api/task.py` `process_results` scores): `acc` picks the choice with
 the largest sum, `acc_norm` the largest sum divided by the choice string's length in
-characters. Each row starts with BOS, as the project's training documents do, and is
-cut from the left to the model's trained context, as lm-eval cuts to its max length.
+characters. Each row starts with BOS, as the project's training documents do; a row
+longer than the model's trained context loses its oldest tokens after BOS, as lm-eval
+cuts to its max length (and as `inference.option_rows` cuts probes).
 Each task's formatting, and the lm-eval file it follows, is in `nullearn.data.mc_tasks`.
 The NULL is scored with every sink off, under the expected mask and routed to a source;
 the plain model of the same width for comparison.
@@ -16,25 +17,24 @@ from __future__ import annotations
 import functools
 import json
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
+from absl import app, flags
 from etils import epath
 from flax import nnx
 
-from nullearn import losses
+from nullearn import batching, losses
 from nullearn.data import mc_tasks
 from nullearn.data.mc_tasks import Question
 from nullearn.data.tokenizer import BOS_ID, Tokenizer
-from nullearn.inference import Run, fixed_switch, load_run, padded_batches
+from nullearn.inference import Run, fixed_switch, load_run
 from nullearn.switch import Switch
 
 QuestionSwitchFn = Callable[[Sequence[Question]], Switch]  # one question per batch row
 DEFAULT_BATCH_TOKENS = 8192
-_MIN_WIDTH = 16
 
 # The paper's 1B figures: (NULL, plain transformer of the same size).
 PAPER = {"arc_easy": (0.428, 0.434), "winogrande": (0.530, 0.510), "piqa": (0.643, 0.645),
@@ -55,35 +55,17 @@ def encode_pair(tokenizer: Tokenizer, context: str,
 
 def choice_rows(tokenizer: Tokenizer, questions: Sequence[Question],
                 max_len: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-  """Per choice: BOS + context + continuation cut from the left to `max_len` + 1 tokens,
-  how many of its last tokens are scored, and its question's index."""
+  """Per choice: BOS + context + continuation in at most `max_len` + 1 tokens (the
+  oldest after BOS dropped), how many of its last tokens are scored, its question."""
   rows, scored, owner = [], [], []
   for i, q in enumerate(questions):
     for context, continuation in zip(q.contexts, q.continuations):
       context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
-      row = np.asarray([BOS_ID, *context_ids, *continuation_ids], np.int32)[-(max_len + 1):]
-      rows.append(row)
-      scored.append(min(len(continuation_ids), len(row) - 1))
+      text = [*context_ids, *continuation_ids][-max_len:]
+      rows.append(np.asarray([BOS_ID, *text], np.int32))
+      scored.append(min(len(continuation_ids), len(text)))
       owner.append(i)
   return rows, np.asarray(scored, np.int32), np.asarray(owner, np.int64)
-
-
-def batch_plan(lengths: np.ndarray, max_len: int,
-               batch_tokens: int) -> list[tuple[int, np.ndarray, int]]:
-  """(input width, row indices padded to the batch size, real rows) per batch.
-
-  Widths are powers of two (at most `max_len`) and a batch holds at most
-  `batch_tokens` input tokens (one row if a row alone is longer), so memory is bounded
-  and few shapes compile.
-  """
-  pow2 = 2 ** np.ceil(np.log2(np.maximum(lengths, 1))).astype(int)
-  widths = np.minimum(max_len, np.maximum(_MIN_WIDTH, pow2))
-  plan = []
-  for width in np.unique(widths).astype(int):
-    members = np.flatnonzero(widths == width)
-    size = min(max(1, batch_tokens // width), 2 ** math.ceil(math.log2(len(members))))
-    plan += [(width, members[idx], m) for idx, m in padded_batches(len(members), size)]
-  return plan
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -95,37 +77,29 @@ def _summed_loglik(graphdef, params, tokens_BxW, weights_BxW, switch: Switch):
   return -losses.sequence_nll(logits_BxTxV, targets_BxT, weights_BxW[:, 1:])
 
 
-def trained_context(run: Run) -> int:
-  try:
-    return int(run.meta["config"]["data"]["seq_len"])
-  except KeyError as e:
-    raise ValueError("run.meta has no config.data.seq_len (the trained context): "
-                     "pass max_len") from e
-
-
 def choice_loglikelihoods(run: Run, questions: Sequence[Question], switch_for: QuestionSwitchFn,
                           *, batch_tokens: int = DEFAULT_BATCH_TOKENS, max_len: int | None = None,
                           params=None) -> list[np.ndarray]:
   """Summed log-likelihood of every choice's continuation, one array per question.
 
   `switch_for(questions)` gets the question of each row of a batch (padding rows repeat
-  the last one) and returns the batch's switch.
+  one) and returns the batch's switch. Rows are batched by length, at most
+  `batch_tokens` tokens a batch; `max_len` defaults to the model's trained context.
   """
-  max_len = trained_context(run) if max_len is None else max_len
-  rows, scored, owner = choice_rows(run.tokenizer, questions, max_len)
+  rows, scored, owner = choice_rows(run.tokenizer, questions,
+                                    run.context if max_len is None else max_len)
   params = run.params if params is None else params
-  plan = batch_plan(np.asarray([len(r) - 1 for r in rows]), max_len, batch_tokens)
+  plan = list(batching.token_batches([len(r) for r in rows], batch_tokens))
   results = []  # fetched at the end, so the device never waits for the host between batches
-  for width, idx, _ in plan:
-    tokens_BxW = np.zeros((len(idx), width + 1), np.int32)
-    weights_BxW = np.zeros((len(idx), width + 1), np.float32)
+  for idx, _, width in plan:
+    weights_BxW = np.zeros((len(idx), width), np.float32)
     for b, r in enumerate(idx):
-      tokens_BxW[b, :len(rows[r])] = rows[r]
       weights_BxW[b, len(rows[r]) - scored[r]:len(rows[r])] = 1.0
+    tokens_BxW = batching.pad_rows([rows[r] for r in idx], width)
     switch = switch_for([questions[q] for q in owner[idx]])
     results.append(_summed_loglik(run.graphdef, params, tokens_BxW, weights_BxW, switch))
   out = np.zeros(len(rows), np.float64)
-  for (_, idx, m), ll in zip(plan, jax.device_get(results)):
+  for (idx, m, _), ll in zip(plan, jax.device_get(results)):
     out[idx[:m]] = ll[:m]
   return np.split(out, np.cumsum(np.bincount(owner, minlength=len(questions)))[:-1])
 
@@ -245,18 +219,15 @@ def capability_main(argv: Sequence[str]) -> None:
   args = list(argv[1:])
   if args[:1] == ["prepare"]:
     if len(args) not in (2, 3):
-      raise SystemExit("usage: nullearn capability prepare TASK [MANUAL_DIR]")
+      raise app.UsageError("usage: nullearn capability prepare TASK [MANUAL_DIR]")
     print(f"prepared {mc_tasks.prepare(args[1], manual_dir=args[2] if len(args) == 3 else None)}")
     return
   tasks = args or list(mc_tasks.TASKS)
-  try:  # before loading any model: an unknown task, a dataset not prepared
-    for name in tasks:
-      mc_tasks.load_questions(name, limit=1)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f"nullearn capability: {e}") from e
+  for name in tasks:  # before loading any model: an unknown task, a dataset not prepared
+    mc_tasks.load_questions(name, limit=1)
   f = flags.FLAGS
   if not f.workdir or not f.out:
-    raise SystemExit("nullearn capability needs --workdir (the NULL) and --out")
+    raise app.UsageError("nullearn capability needs --workdir (the NULL) and --out")
   models = conditions(load_run(f.workdir), plain=load_run(f.plain) if f.plain else None)
   report = evaluate_capability(models, tasks)
   out = epath.Path(f.out)

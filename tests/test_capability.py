@@ -100,7 +100,7 @@ def workdirs(world, tokenizer, tmp_path_factory):
 def runs(workdirs):
   """The models restored as users load them."""
   out = {name: inference.load_run(path) for name, path in workdirs.items()}
-  assert all(capability.trained_context(r) == MAX_LEN for r in out.values())
+  assert all(r.context == MAX_LEN for r in out.values())
   return out
 
 
@@ -134,7 +134,7 @@ def _reference_loglik(run, forward, context, continuation, switch):
   context_ids = run.tokenizer.encode(context)
   continuation_ids = whole[len(context_ids):]
   full = [BOS_ID] + context_ids + continuation_ids
-  seq = full[-(MAX_LEN + 1):]
+  seq = [BOS_ID] + full[1:][-MAX_LEN:]  # too long: the oldest tokens after BOS go
   # One row, right-padded to one width (causal: the padding changes nothing before it).
   inputs = np.zeros((1, MAX_LEN), np.int32)
   inputs[0, :len(seq) - 1] = seq[:-1]
@@ -246,17 +246,6 @@ def test_encode_pair_moves_trailing_spaces_to_the_continuation(tokenizer):
   context, continuation = capability.encode_pair(tokenizer, "The capital is", " Tarn")
   assert context + continuation == tokenizer.encode("The capital is Tarn")
   assert context == tokenizer.encode("The capital is")
-
-
-def test_batches_bound_tokens_and_cover_every_row_once():
-  lengths = np.random.default_rng(0).integers(1, 129, 500)
-  plan = capability.batch_plan(lengths, max_len=128, batch_tokens=512)
-  real = np.concatenate([idx[:m] for _, idx, m in plan])
-  assert sorted(real.tolist()) == list(range(500))
-  for width, idx, m in plan:
-    assert len(idx) * width <= 512 and np.all(lengths[idx] <= width)
-    assert width == 128 or width & (width - 1) == 0
-  assert len({(w, len(idx)) for w, idx, _ in plan}) <= 8, "few compiled shapes"
 
 
 def test_evaluate_reports_every_condition_and_the_paper(runs, records):
