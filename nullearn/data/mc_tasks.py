@@ -34,12 +34,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyarrow.parquet as pq
 import tensorflow_datasets as tfds
+
 # A legacy builder that tfds.builder("winogrande") does not find until its module is imported.
-from tensorflow_datasets.text import winogrande as _winogrande  # pylint: disable=unused-import
+from tensorflow_datasets.text import winogrande as _winogrande_builder  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
