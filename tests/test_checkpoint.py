@@ -109,3 +109,34 @@ def test_two_processes_train_the_model_one_process_would(world, tokenizer, tmp_p
   assert len(got.files) == len(want)
   for i, w in enumerate(want):
     np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=2e-4, atol=2e-6)
+
+
+def test_ctrl_c_then_resume_in_a_new_process_is_exact_with_gathered_sinks(tmp_path):
+  """`nullearn train` interrupted by SIGINT and started again equals one uninterrupted run."""
+  from test_cli import SMALL, nullearn
+  args = [*SMALL, "--config.model.sink_impl=gather", "--config.model.max_segments=4",
+          "--config.train.steps=10", "--config.train.log_every=1"]
+  nullearn("train", f"--workdir={tmp_path / 'straight'}", *args, check_ok=True)
+  env = {**os.environ, "XLA_FLAGS": ""}
+  proc = subprocess.Popen([sys.executable, "-m", "nullearn.cli", "train",
+                           f"--workdir={tmp_path / 'resumed'}", *args],
+                          cwd=pathlib.Path(__file__).parents[1], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if "[step 3]" in line:
+      proc.send_signal(signal.SIGINT)
+      break
+  out = "".join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out
+  assert "SIGINT: saved checkpoint at step" in out, out
+  stopped = checkpoint.Checkpointer(tmp_path / "resumed", async_save=False).latest_step()
+  assert 3 <= stopped < 10
+  resumed = nullearn("train", f"--workdir={tmp_path / 'resumed'}", *args, check_ok=True)
+  assert f"resuming from checkpoint {tmp_path / 'resumed'}/checkpoints/{stopped}" in resumed.stdout
+  from nullearn import inference
+  a, b = (inference.load_run(tmp_path / n) for n in ("straight", "resumed"))
+  assert a.model_cfg.sink_impl == "gather"
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
