@@ -54,6 +54,8 @@ commands:
   tokenizer train   train the run's SentencePiece model: --config=... --workdir=...
   titles            build the title -> id index of a TFDS corpus: --config=... --out=DIR
   factworld         write the fact world as documents.jsonl and probes.jsonl: --out=DIR
+  capability        zero-shot ARC-Easy, Winogrande, PIQA, SciQ: [TASK ...] --workdir=NULL
+                    [--plain=DIR] --out=DIR; `capability prepare TASK [DIR]` into TFDS_DATA_DIR
 """
 
 
@@ -171,6 +173,11 @@ def eval_main(argv):
   print((epath.Path(out) / "report.md").read_text())
 
 
+def capability_main(argv):
+  from nullearn import capability
+  capability.capability_main(argv)
+
+
 def factworld_main(argv):
   del argv
   from nullearn.data import factworld, records
@@ -183,7 +190,8 @@ def factworld_main(argv):
 
 
 COMMANDS = {"demo": demo_main, "train": train_main, "eval": eval_main,
-            "tokenizer": tokenizer_main, "titles": titles_main, "factworld": factworld_main}
+            "tokenizer": tokenizer_main, "titles": titles_main, "factworld": factworld_main,
+            "capability": capability_main}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -331,16 +331,11 @@ def test_prepare_needs_the_files_it_is_told_about(tmp_path):
     mc_tasks.prepare("piqa", data_dir=tmp_path / "tfds", manual_dir=tmp_path)
 
 
-# How the lead wires the command into nullearn/cli.py (see the report): one COMMANDS entry.
-_WIRED_CLI = ("import sys; from nullearn import cli, capability; "
-              "cli.COMMANDS['capability'] = capability.capability_main; cli.main(sys.argv)")
-
-
 def test_command_prepares_and_scores(workdirs, records, tmp_path):
   parquet = tmp_path / "parquet"
   _write_sciq_parquet(parquet, records["sciq"])
   env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds")}
-  command = [sys.executable, "-c", _WIRED_CLI, "capability"]
+  command = [sys.executable, "-m", "nullearn.cli", "capability"]
   missing = subprocess.run(command + ["sciq", "--workdir=x", "--out=y"], env=env,
                            capture_output=True, text=True, timeout=300)
   assert missing.returncode != 0 and "nullearn capability prepare sciq" in missing.stderr
