@@ -41,9 +41,12 @@ class Run:
     return int(self.meta["config"]["data"]["seq_len"])
 
 
-def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None) -> Run:
+def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None, *,
+             device: jax.Device | None = None) -> Run:
   """Restores the latest checkpoint's parameters (not the optimizer) from `workdir`.
 
+  The parameters land on `device` (default: this process's first), whatever
+  topology saved them: a checkpoint of a 64-chip pod loads in a 1-GPU Colab.
   `model_cfg`, if given, must agree with the checkpoint's sink geometry.
   """
   workdir = epath.Path(workdir)
@@ -54,7 +57,10 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
     ckpt_lib.check_geometry(meta["sink_geometry"], model_cfg.geometry, f"{ckpt.directory}/{step}")
     saved_cfg = model_cfg
   graphdef, params, _ = model_lib.abstract(saved_cfg)
-  state = ckpt.restore_params(step, params)
+  here = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+  # Orbax restores onto the saved topology unless the target says where each array goes.
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), params)
+  state = ckpt.restore_params(step, target)
   tokenizer = Tokenizer.load(workdir / "tokenizer.model")
   if tokenizer.fingerprint != meta.get("tokenizer"):
     raise ckpt_lib.CheckpointMismatchError(

@@ -140,3 +140,22 @@ def test_ctrl_c_then_resume_in_a_new_process_is_exact_with_gathered_sinks(tmp_pa
   assert a.model_cfg.sink_impl == "gather"
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("saved_on,loaded_on", [(8, 1), (1, 8)])
+def test_a_checkpoint_loads_on_another_topology(tmp_path, tokenizer_path, saved_on, loaded_on):
+  """A pod's checkpoint in a 1-device Colab, and back: load_run places the parameters here."""
+  script = pathlib.Path(__file__).parent / "portable_worker.py"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  outs = []
+  for devices, args in ((saved_on, ["save", tmp_path, tokenizer_path]),
+                        (loaded_on, ["load", tmp_path])):
+    out = subprocess.run([sys.executable, str(script), str(devices), *map(str, args)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    outs.append(out.stdout)
+  assert f"saved from {saved_on} devices" in outs[0], outs[0]
+  assert "loaded onto {CpuDevice(id=0)}" in outs[1], outs[1]
+  saved = np.load(tmp_path / f"logits_save_{saved_on}.npy")
+  loaded = np.load(tmp_path / f"logits_load_{loaded_on}.npy")
+  np.testing.assert_allclose(loaded, saved, rtol=1e-5, atol=1e-5)
