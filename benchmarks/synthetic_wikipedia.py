@@ -27,6 +27,9 @@ import os
 import pathlib
 import resource
 import shutil
+import subprocess
+import sys
+import textwrap
 import time
 
 import pyarrow.parquet as pq
@@ -104,6 +107,26 @@ def measure(name: str, files: list[pathlib.Path], out: pathlib.Path, workers: in
               vs_parquet=done.num_bytes / n / parquet_bytes_per_article)
 
 
+def worker_memory(files: list[pathlib.Path], scratch: pathlib.Path) -> dict:
+  """Resident memory of a fresh process converting `files` one after another, as a worker
+  does: after its imports, and at its peak (VmHWM, which counts this process only)."""
+  code = textwrap.dedent(f"""
+      import pathlib
+      from nullearn.data import prepare
+      def vm(key):
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key))
+      imports = vm("VmRSS:")
+      for f in {[str(f) for f in files]!r}:
+        prepare._convert(pathlib.Path(f), pathlib.Path({str(scratch)!r}))
+      print(imports / 1024, vm("VmHWM:") / 1024)
+      """)
+  run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  imports, peak = map(float, run.stdout.split())
+  scratch.unlink()
+  return dict(worker_rss_after_imports_mib=imports, worker_peak_rss_mib=peak,
+              worker_files=len(files))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--articles", type=int, default=1_000_000)
@@ -123,7 +146,7 @@ def main():
   generate_s = time.perf_counter() - start
   rows.append(measure(f"synthetic, lognormal mean {PIECE_CHARS:,}", files, work / "tfds",
                       args.workers, sum(f.stat().st_size for f in files) / args.articles))
-  rows[-1]["generate_s"] = generate_s
+  rows[-1].update(generate_s=generate_s, **worker_memory(files[:4], work / "scratch"))
 
   header = (f"{'corpus':34}{'articles':>10}{'chars':>7}{'workers':>8}{'wall s':>8}"
             f"{'vs read':>8}{'art/CPU-s':>10}{'B/article':>10}{'B/char':>7}{'vs parquet':>11}")
@@ -142,7 +165,12 @@ def main():
   print(f"\nestimate for {WIKIPEDIA_ARTICLES:,} articles at the ~{PIECE_CHARS:,}-char real-text "
         f"row: {estimate['array_record_gb']:.1f} GB of ArrayRecord, "
         f"{estimate['cpu_hours']:.2f} CPU-hours of conversion")
-  print(f"synthetic: generated in {generate_s:.0f} s; dataset at {work / 'tfds'}")
+  synthetic = rows[-1]
+  parquet_gb = synthetic["parquet_bytes_per_article"] * args.articles / 1e9
+  print(f"synthetic: generated in {generate_s:.0f} s, {parquet_gb:.2f} GB of parquet, "
+        f"{synthetic['array_record_bytes'] / 1e9:.2f} GB of ArrayRecord; a worker's memory "
+        f"{synthetic['worker_rss_after_imports_mib']:.0f} MiB after imports, "
+        f"{synthetic['worker_peak_rss_mib']:.0f} MiB at peak; dataset in {work / 'tfds'}")
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"rows": rows, "estimate": estimate}, indent=1))

@@ -24,7 +24,7 @@ from nullearn.data.records import Document
 from nullearn.data.source_index import SourceIndex, UnknownSourceError
 from nullearn.data.wikipedia import WikipediaSource
 from nullearn.model import ModelConfig
-from wikipedia_articles import ARTICLES, DUPLICATE_TITLE, NAME, write_shards
+from wikipedia_articles import ARTICLES, DUPLICATE_TITLE, NAME, nullearn, write_shards
 from wikipedia_articles import prepare as prepare_command
 
 UNIQUE = [d for d in ARTICLES if d.source != DUPLICATE_TITLE]
@@ -132,12 +132,17 @@ def test_an_index_built_from_the_records_equals_the_prepared_one(source, tmp_pat
     np.testing.assert_array_equal(np.load(tmp_path / name), np.load(f"{source.index_path}/{name}"))
 
 
-def test_a_missing_or_stale_index_is_refused(source, tmp_path):
+def test_a_missing_or_stale_index_is_refused(data_dir, source, tmp_path):
   with pytest.raises(FileNotFoundError, match="no source index at"):
     SourceIndex(tmp_path, source)
   source_index.write(tmp_path, np.arange(10), np.arange(10, dtype=np.uint64))
   with pytest.raises(ValueError, match=f"covers 10 records but the source has {len(ARTICLES)}"):
     SourceIndex(tmp_path, source)
+  ids = [d.source_id for d in ARTICLES]
+  source_index.write(tmp_path, np.array(ids[1:] + ids[:1]), np.zeros(len(ids), np.uint64))
+  stale = WikipediaSource(data_dir=data_dir, index=tmp_path)
+  with pytest.raises(ValueError, match=f"page id {ids[1]} points at page {ids[0]}"):
+    stale.by_ids([ids[1]])
 
 
 def test_source_pickles_for_grain_workers(source):
@@ -154,6 +159,8 @@ def test_missing_dataset_says_where_and_how_to_prepare(tmp_path, name):
   assert str(tmp_path) in str(e.value)
   if name == wikipedia.DEFAULT_NAME:
     assert f"`nullearn prepare wikipedia --out={tmp_path}`" in str(e.value)
+    run = nullearn("prepare", "wikipedia", f"--out={tmp_path}", "--parquet=/nowhere/*.parquet")
+    assert "no parquet files" in run.stderr, "the command in the message is a real command"
 
 
 def test_reading_never_imports_tensorflow(data_dir):

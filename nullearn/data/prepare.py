@@ -130,7 +130,7 @@ def prepare(out: str, files: Sequence[pathlib.Path], *, workers: int = 1,
     os.replace(tmp, target)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  return Prepared(target, articles, split.num_bytes, time.perf_counter() - start)
+  return Prepared(target, articles, int(split.num_bytes), time.perf_counter() - start)
 
 
 def _local(out: str) -> pathlib.Path:

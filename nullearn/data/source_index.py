@@ -84,7 +84,7 @@ class SourceIndex:
 
   @classmethod
   def build(cls, source: Sequence[Document], path: str | os.PathLike[str]) -> SourceIndex:
-    """Streams every record once, keeping only numbers (12 bytes a record), and writes `path`."""
+    """Streams every record once, keeping only numbers (16 bytes a record), and writes `path`."""
     n = len(source)
     ids_N, hashes_N = np.empty(n, np.int64), np.empty(n, np.uint64)
     for i, doc in enumerate(stream(source, range(n))):
@@ -131,7 +131,7 @@ class SourceIndex:
       raise UnknownSourceError(f"no article is titled {title!r} (among {len(self)} indexed)")
     if len(ids) > 1:
       raise ValueError(f"{len(ids)} articles are titled {title!r} (source ids "
-                               f"{', '.join(map(str, ids))}): name one by its id")
+                       f"{', '.join(map(str, ids))}): name one by its id")
     return ids[0]
 
   def sample(self, n: int, seed: int, exclude: Iterable[int] = ()) -> list[int]:
@@ -154,10 +154,12 @@ def stream(source: Sequence[Document], positions: Sequence[int]) -> Iterator[Doc
 
 
 def _local_copy(path: epath.Path) -> pathlib.Path:
-  """`path` itself if local; else a copy in the local cache (maps need local files)."""
+  """`path` itself if local; else a copy in the local cache (maps need local files), keyed by
+  the path and its time of writing, so a re-prepared dataset gets a fresh copy."""
   if not str(path).startswith(("gs://", "s3://")):
     return pathlib.Path(path)
-  local = _CACHE / "source_index" / hashlib.sha1(str(path).encode()).hexdigest()[:16]
+  key = f"{path}@{(path / _IDS).stat().mtime}"
+  local = _CACHE / "source_index" / hashlib.sha1(key.encode()).hexdigest()[:16]
   local.mkdir(parents=True, exist_ok=True)
   for name in FILES:
     if not (local / name).exists():

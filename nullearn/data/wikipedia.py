@@ -63,7 +63,12 @@ class WikipediaSource:
 
   def by_ids(self, source_ids: Sequence[int]) -> list[Document]:
     """The articles with these page ids, reading only their records."""
-    return list(stream(self, self.index.positions(source_ids)))
+    docs = list(stream(self, self.index.positions(source_ids)))
+    for wanted, doc in zip(source_ids, docs):
+      if doc.source_id != wanted:  # an index built for another preparation
+        raise ValueError(f"the source index at {self.index_path} does not match the dataset: "
+                         f"page id {wanted} points at page {doc.source_id}; rebuild the index")
+    return docs
 
   def __getstate__(self):  # Grain workers reopen the index's maps rather than copy them.
     return {**self.__dict__, "_index": None}
@@ -90,8 +95,13 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 def _not_prepared(name: str, data_dir: str) -> FileNotFoundError:
-  how = (f"Prepare it once with `nullearn prepare wikipedia --out={data_dir}`"
-         if name == DEFAULT_NAME else "Prepare it first")
+  if name != DEFAULT_NAME:
+    how = "Prepare it first"
+  elif "://" in data_dir:
+    how = (f"Prepare it once with `nullearn prepare wikipedia --out=DIR`, copy "
+           f"DIR/{name.split('/')[0]} to {data_dir}/ (launch/README.md)")
+  else:
+    how = f"Prepare it once with `nullearn prepare wikipedia --out={data_dir}`"
   return FileNotFoundError(
       f"dataset {name!r} is not prepared in {data_dir} (looked for "
       f"{data_dir}/{name}/<version>/dataset_info.json). {how}, or point data_dir "
