@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nullearn import masks
+from nullearn.masks import SinkGeometry
 from nullearn.switch import Switch
 
-POOL, ACTIVE, BACKBONE = 7692, 100, 500  # the 1B geometry
+GEOMETRY = SinkGeometry(backbone=500, pool=7692, active=100)  # the 1B geometry
+POOL, ACTIVE = GEOMETRY.pool, GEOMETRY.active
 
 
 def rss_mib() -> float:
@@ -35,8 +36,8 @@ def rss_mib() -> float:
 def derivation_rate(batch: int, repeats: int = 5) -> dict:
   """Masks/s for random ids from 6.4M: sink indices, and dense 1B-width token masks."""
   rng = np.random.default_rng(0)
-  offsets = jax.jit(lambda ids: masks.sink_offsets(0, ids, POOL, ACTIVE))
-  dense = jax.jit(lambda ids: Switch.sources(ids).mlp_mask(BACKBONE, POOL, ACTIVE, 0, jnp.bfloat16))
+  offsets = jax.jit(GEOMETRY.offsets)
+  dense = jax.jit(lambda ids: Switch.sources(ids).mlp_mask(GEOMETRY, jnp.bfloat16))
   out = {}
   for name, fn, shape in (("sink indices", offsets, (batch,)),
                           ("dense token masks (B=8, T=1024, F=8192)", dense, (8, 1024))):
@@ -53,7 +54,7 @@ def derivation_rate(batch: int, repeats: int = 5) -> dict:
 def stream_all(n: int, batch: int, fn) -> dict:
   """Every source id in [0, n) once; returns sink usage counts (a pool-sized array)."""
   usage = np.zeros(POOL, np.int64)
-  starts = masks.strata(POOL, ACTIVE)[1]
+  starts = GEOMETRY.strata_starts
   t0 = time.perf_counter()
   for lo in range(0, n, batch):
     ids = np.arange(lo, lo + batch, dtype=np.uint32)  # fixed shape: one compile
@@ -69,7 +70,7 @@ def main():
   p.add_argument("--out", default="benchmarks/results/masks.json")
   args = p.parse_args()
   rates = derivation_rate(args.batch)
-  fn = jax.jit(lambda ids: masks.sink_offsets(0, ids, POOL, ACTIVE))
+  fn = jax.jit(GEOMETRY.offsets)
   rows = []
   for n in [1_000, 10_000, 100_000, 1_000_000, args.max_sources]:
     if n > args.max_sources:

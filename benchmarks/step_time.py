@@ -36,11 +36,12 @@ if ARGS.devices:  # must precede the first import of jax
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + f" --xla_force_host_platform_device_count={ARGS.devices}")
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
-from nullearn import flops, sharding, train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from nullearn.configs import base, mid, tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nullearn import flops, sharding, train  # noqa: E402
+from nullearn.configs import mid, tiny  # noqa: E402
+from nullearn.model import make_plain  # noqa: E402
 
 
 def shape_config(name: str):
@@ -61,7 +62,7 @@ def variants(c):
   for name in ("plain", "null-dense", "null-gather"):
     v = copy.deepcopy(c)
     if name == "plain":
-      base.with_variant(v, "plain")
+      make_plain(v.model)
     else:
       v.model.sink_impl = name.split("-")[1]
     out.append((name, v))
@@ -93,7 +94,7 @@ def bench_shape(name: str, steps: int, mesh) -> list[dict]:
     state = train.init_state(setup)
     step = train.make_train_step(setup)
     batch = train.device_batch(synthetic_batch(v, np.random.default_rng(0)), setup.mesh)
-    with sharding.active_mesh(setup.mesh):
+    with jax.set_mesh(setup.mesh):
       t0 = time.perf_counter()
       state, _ = step(state, batch)
       jax.block_until_ready(state)
@@ -103,7 +104,7 @@ def bench_shape(name: str, steps: int, mesh) -> list[dict]:
                      times=[], compile_s=compile_s, config=v))
   for _ in range(steps):  # interleaved: plain, dense, gather, plain, ...
     for r in runs:
-      with sharding.active_mesh(r["setup"].mesh):
+      with jax.set_mesh(r["setup"].mesh):
         t0 = time.perf_counter()
         r["state"], _ = r["step"](r["state"], r["batch"])
         jax.block_until_ready(r["state"])

@@ -17,9 +17,10 @@ import time
 
 import numpy as np
 
-from nullearn import demo, evaluate, inference, jobs, report
+from nullearn import evaluate, inference, jobs, report
 from nullearn.configs import tiny
 from nullearn.data import factworld
+from nullearn.data import tokenizer as tokenizer_lib
 
 
 def main():
@@ -31,20 +32,21 @@ def main():
   config = tiny.get_config()
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  world = factworld.generate(demo.world_config(config))
+  world = factworld.generate(factworld.FactWorldConfig.from_config(config))
   forget = factworld.choose_forget_set(world, config.demo.num_forget, config.demo.forget_seed)
-  tokenizer = demo.run_tokenizer(workdir, [d.text for d in world.documents], config)
+  tokenizer = tokenizer_lib.for_run(workdir, (d.text for d in world.documents), config.tokenizer,
+                                    config.model.vocab_size)
   jobs.run_all(jobs.comparison(config, workdir, world.documents, forget, plain=True), tokenizer)
   t_train = time.time() - t0
   models = evaluate.Models(*(inference.load_run(workdir / n) for n in ("null", "oracle", "plain")))
   cfg = config.eval
   cfg.update(dict(unlearn_lr=1e-3, relearn_lr=1e-3, relearn_batch=16, retain_docs=200))
   result = evaluate.evaluate(models, world.documents, world.probes, forget, cfg)
-  result["benchmark"] = {"train_minutes": t_train / 60, "total_minutes": (time.time() - t0) / 60,
+  result.benchmark = {"train_minutes": t_train / 60, "total_minutes": (time.time() - t0) / 60,
                          **_routing_diagnostic(world, forget, result)}
   for path in report.write(result, args.out):
     print(f"wrote {path}")
-  b = result["benchmark"]
+  b = result.benchmark
   lines = ["", "## Routing (fact world)", "",
            f"{b['routed_within_region']:.0%} of the forgotten sources were routed to a source of "
            f"their own region. Median shared-fact Truth Ratio of the "
@@ -55,19 +57,19 @@ def main():
   with open(pathlib.Path(args.out) / "report.md", "a") as f:
     f.write("\n".join(lines) + "\n")
   print((pathlib.Path(args.out) / "report.md").read_text())
-  print(json.dumps(result["benchmark"], indent=1))
+  print(json.dumps(result.benchmark, indent=1))
 
 
 def _routing_diagnostic(world, forget, result) -> dict:
   """Shared facts live with a region: were they asked of a source of the same region?"""
-  routed = {f["id"]: f["routed_to"] for f in result["forgotten"]}
+  routed = {f["id"]: f["routed_to"] for f in result.forgotten}
   same = {f: world.groups[f] == world.groups[r] for f, r in routed.items()}
   forget_set = set(int(f) for f in forget)
   probes = [p for p in world.probes if p.source_id in forget_set]  # the report's order
-  shared = np.asarray(result["probes"]["kinds"]) == "shared"
+  shared = np.asarray(result.kinds) == "shared"
   in_region = np.asarray([same[p.source_id] for p in probes])
   medians = {}
-  for name, ratios in result["ratios"].items():
+  for name, ratios in result.ratios.items():
     r = np.asarray(ratios)
     medians[name] = {"routed within region": float(np.median(r[shared & in_region])),
                      "routed elsewhere": float(np.median(r[shared & ~in_region]))}

@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
-from nullearn import demo, evaluate, inference, jobs, report
+from nullearn import evaluate, inference, jobs, report
 from nullearn.configs import tiny
 from nullearn.data import cloze, wikitext
+from nullearn.data import tokenizer as tokenizer_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -99,18 +100,19 @@ def main():
         f"{len(heldout_docs)} held-out articles, {len(probes)} probes; forgetting {forget} "
         f"(the book is {book_id})")
   config = train_config(args)
-  tokenizer = demo.run_tokenizer(runs, [d.text for d in train_docs], config)
+  tokenizer = tokenizer_lib.for_run(runs, (d.text for d in train_docs), config.tokenizer,
+                                    config.model.vocab_size)
   jobs.run_all(jobs.comparison(config, runs, train_docs, forget, plain=True), tokenizer)
   t_train = time.time() - t0
   models = evaluate.Models(*(inference.load_run(runs / n) for n in ("null", "oracle", "plain")))
   result = evaluate.evaluate(models, train_docs, probes, forget, eval_config(args),
                              heldout=heldout_docs)
-  result["benchmark"] = {"train_minutes": t_train / 60, "total_minutes": (time.time() - t0) / 60,
+  result.benchmark = {"train_minutes": t_train / 60, "total_minutes": (time.time() - t0) / 60,
                          "book_source": book_id, "epochs": args.epochs, "quick": args.quick}
   for path in report.write(result, out):
     print(f"wrote {path}")
   print((out / "report.md").read_text())
-  print(json.dumps(result["benchmark"]))
+  print(json.dumps(result.benchmark))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 import ml_collections
 
+from nullearn.model import make_plain
+
 
 def with_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """`:plain`: the same MLP width with every neuron always on, the NULL's baseline."""
   if arg == "plain":
-    c.model.backbone, c.model.pool = c.model.backbone + c.model.pool, 0
+    make_plain(c.model)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} (known: plain)")
   return c
@@ -63,4 +65,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       relearn_steps=(1, 2, 5, 10, 20, 50), relearn_lr=1e-4, relearn_batch=8,
       extraction_prefix=32, extraction_continuation=32, extraction_samples=64,
       acr_targets=4, acr_target_len=16, gcg_steps=100, gcg_top_k=64, gcg_batch=64))
+  # What the report calls "unlearned": the thresholds of its claims (results.claims).
+  c.eval.claims = ml_collections.ConfigDict(dict(
+      sink_on_median=2.0,  # sink on, article-specific facts: median Truth Ratio at least this
+      sink_on_frac_margin=0.15,  # ... and fraction > 1 this far above the oracle's
+      off_median_gap=0.3,  # switched off: median within this of the oracle's
+      off_frac_gap=0.1,  # switched off: fraction > 1 within this of the oracle's
+      forget_quality=0.05,  # KS p-value against the oracle at least this
+      shared_keep=0.85,  # shared facts keep this share of their sink-on median
+      relearn_gap=0.10,  # relearning loss within this relative gap of the oracle's
+      npo_recovery=0.8, npo_recovery_steps=10))  # NPO undone: back above 80% within 10 steps
   return c

@@ -15,7 +15,7 @@ import grain
 import orbax.checkpoint as ocp
 from etils import epath
 
-from nullearn.model import ModelConfig
+from nullearn.masks import SinkGeometry
 
 
 class CheckpointMismatchError(ValueError):
@@ -36,16 +36,42 @@ class _IteratorSnapshot:
     return self._state
 
 
-def check_geometry(saved: dict[str, Any], cfg: ModelConfig, where: str) -> None:
+def check_geometry(saved: dict[str, Any], wanted: SinkGeometry, where: str) -> None:
   """Raises CheckpointMismatchError naming every field that differs."""
-  wanted = cfg.sink_geometry
-  diffs = [f"{k}: checkpoint {saved.get(k)!r}, requested {v!r}"
-           for k, v in wanted.items() if saved.get(k) != v]
+  diffs = SinkGeometry.from_dict(saved).differences(wanted)
   if diffs:
     raise CheckpointMismatchError(
         f"{where} was trained with a different mask seed or sink geometry "
-        f"({'; '.join(diffs)}); its sources' masks would not match. Use the "
-        "checkpoint's own model config, or train a new run in another workdir.")
+        f"(checkpoint vs requested: {'; '.join(diffs)}); its sources' masks would not match. "
+        "Use the checkpoint's own model config, or train a new run in another workdir.")
+
+
+# What a resumed run must share with its checkpoint, besides the sink geometry.
+_PROVENANCE = {
+    "architecture": "model shape",
+    "tokenizer": "tokenizer",
+    "data": "training data (corpus, excluded and held-out sources)",
+    "schedule": "training schedule",
+}
+
+
+def check_resumable(saved: dict[str, Any], meta: dict[str, Any], where: str) -> None:
+  """Refuses a resume that would change what the run is: its geometry, shape, tokenizer,
+  data or schedule. Every field that differs is named; keys an older checkpoint lacks
+  are not compared."""
+  check_geometry(saved["sink_geometry"], SinkGeometry.from_dict(meta["sink_geometry"]), where)
+  for key, what in _PROVENANCE.items():
+    if key not in saved or saved[key] == meta[key]:
+      continue
+    old, new = saved[key], meta[key]
+    if isinstance(old, dict) and isinstance(new, dict):
+      diffs = "; ".join(f"{k}: checkpoint {old.get(k)!r}, requested {new.get(k)!r}"
+                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+    else:
+      diffs = f"checkpoint {old!r}, requested {new!r}"
+    raise CheckpointMismatchError(
+        f"{where} belongs to another run: its {what} differs ({diffs}). Resume with the run's "
+        "own config and data, or train a new run in another workdir.")
 
 
 class Checkpointer:

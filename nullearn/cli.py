@@ -6,6 +6,7 @@ overrides as `--config.model.d_model=128`.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -38,6 +39,8 @@ _FORGET = flags.DEFINE_list("forget", None, "eval: sources to forget, ids or nam
                             "(default: --config.eval.forget).")
 _CORPUS = flags.DEFINE_string("corpus", None, "eval: documents .jsonl (default: the corpus "
                               "the checkpoint was trained on).")
+_FORCE = flags.DEFINE_bool("force", False, "eval: compare with an oracle or plain model that "
+                           "fails validation (the report says so).")
 _PROBES = flags.DEFINE_string("probes", None, "eval: probes .jsonl (default: the corpus's own, "
                               "or cloze probes built from the text).")
 _PARQUET = flags.DEFINE_string("parquet", None, "prepare: the dump's parquet files, a directory "
@@ -52,12 +55,15 @@ USAGE = """usage: nullearn <command> [flags]
 commands:
   demo              train a NULL and an oracle on the embedded fact world, switch sources off
   train             train (or resume) a run: --config=... --workdir=...
-  eval              unlearning report: --workdir=NULL [--oracle=DIR --plain=DIR] --forget=... --out=DIR
+  eval              unlearning report: --workdir=NULL [--oracle=DIR --plain=DIR] --forget=...
+                    --out=DIR
   tokenizer train   train the run's SentencePiece model: --config=... --workdir=...
   titles            build the title -> id index of a TFDS corpus: --config=... --out=DIR
   prepare wikipedia download and convert English Wikipedia into a TFDS dataset:
                     --out=TFDS_DATA_DIR [--parquet=DIR_OR_GLOB] [--workers=N]
   factworld         write the fact world as documents.jsonl and probes.jsonl: --out=DIR
+  capability        zero-shot ARC-Easy, Winogrande, PIQA, SciQ: [TASK ...] --workdir=NULL
+                    [--plain=DIR] --out=DIR; `capability prepare TASK [DIR]` into TFDS_DATA_DIR
 """
 
 
@@ -77,53 +83,48 @@ def _out(what: str) -> str:
 
 def _run_tokenizer(config, workdir, corpus):
   """The run's tokenizer; trained and written by process 0 only, then read by all."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-  from nullearn.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  from nullearn.demo import run_tokenizer  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax.experimental import multihost_utils
+
+  from nullearn.data import corpus as corpus_lib
+  from nullearn.data import tokenizer as tokenizer_lib
   if jax.process_index() == 0:
-    if _TOKENIZER.value:
-      Tokenizer.load(_TOKENIZER.value).save(workdir / "tokenizer.model")
-    else:
-      run_tokenizer(workdir, corpus_lib.tokenizer_texts(corpus, config), config)
+    tokenizer_lib.for_run(workdir, corpus_lib.tokenizer_texts(corpus, config), config.tokenizer,
+                          config.model.vocab_size, given=_TOKENIZER.value)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("nullearn tokenizer")
-  return Tokenizer.load(workdir / "tokenizer.model")
+  return tokenizer_lib.Tokenizer.load(workdir / "tokenizer.model")
 
 
 def demo_main(argv):
   del argv
-  from nullearn import demo  # pylint: disable=g-import-not-at-top
+  from nullearn import demo
   demo.run(_CONFIG.value, _workdir("demo_out"))
 
 
 def train_main(argv):
   del argv
   if _DRY_RUN.value:
-    from nullearn import dryrun  # pylint: disable=g-import-not-at-top
+    from nullearn import dryrun
     print(dryrun.format_plan(dryrun.plan(_CONFIG.value)))
     return
   if _MULTIHOST.value:
-    from nullearn import distributed  # pylint: disable=g-import-not-at-top
+    from nullearn import distributed
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  import jax  # pylint: disable=g-import-not-at-top
-  from nullearn import train  # pylint: disable=g-import-not-at-top
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  from nullearn import train
+  from nullearn.data import corpus as corpus_lib
   config, workdir = _CONFIG.value, _workdir()
+  train.check_config(config)
   workdir.mkdir(parents=True, exist_ok=True)
   corpus = corpus_lib.load(config)
-  exclude = corpus_lib.resolve_sources(corpus, config.data.exclude_sources)
   tokenizer = _run_tokenizer(config, workdir, corpus)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-  train.train(config, workdir, corpus_lib.without(corpus.documents, exclude), tokenizer)
+  train.train(config, workdir, corpus, tokenizer)
 
 
 def tokenizer_main(argv):
   if argv[1:] != ["train"]:
     raise app.UsageError("usage: nullearn tokenizer train --config=... --workdir=...")
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  from nullearn.data import corpus as corpus_lib
   config, workdir = _CONFIG.value, _workdir()
   workdir.mkdir(parents=True, exist_ok=True)
   if (workdir / "tokenizer.model").exists():
@@ -134,8 +135,8 @@ def tokenizer_main(argv):
 
 def titles_main(argv):
   del argv
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-  from nullearn.data import source_index  # pylint: disable=g-import-not-at-top
+  from nullearn.data import corpus as corpus_lib
+  from nullearn.data import source_index
   out = _out("a local directory for the index")
   corpus = corpus_lib.load(_CONFIG.value)
   if corpus.in_memory:
@@ -147,12 +148,16 @@ def titles_main(argv):
 
 def eval_main(argv):
   del argv
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from nullearn import evaluate, inference, report  # pylint: disable=g-import-not-at-top
-  from nullearn.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  import ml_collections
+
+  from nullearn import evaluate, inference, report
+  from nullearn.data import corpus as corpus_lib
   out = _out("the report directory")
   config = _CONFIG.value
   null = inference.load_run(_workdir())
+  models = evaluate.Models(
+      null, oracle=inference.load_run(_ORACLE.value) if _ORACLE.value else None,
+      plain=inference.load_run(_PLAIN.value) if _PLAIN.value else None)
   run_config = ml_collections.ConfigDict(null.meta["config"])
   if _CORPUS.value:
     run_config.data.corpus = _CORPUS.value
@@ -162,13 +167,15 @@ def eval_main(argv):
   if not corpus.in_memory:
     raise app.UsageError("eval needs a corpus in memory (the fact world or a .jsonl file)")
   forget = corpus_lib.resolve_sources(corpus, _FORGET.value or config.eval.forget)
-  heldout = set(corpus_lib.resolve_sources(corpus, config.eval.heldout_sources))
-  models = evaluate.Models(
-      null, oracle=inference.load_run(_ORACLE.value) if _ORACLE.value else None,
-      plain=inference.load_run(_PLAIN.value) if _PLAIN.value else None)
+  problems = evaluate.validate(models, forget)
+  if problems and not _FORCE.value:
+    raise evaluate.ModelMismatchError(f"{problems[0]} (--force compares anyway; the report "
+                                      "then says so)")
+  heldout = set(null.meta.get("data", {}).get("heldout", ()))
   result = evaluate.evaluate(
-      models, corpus_lib.without(corpus.documents, heldout), corpus.probes, forget, config.eval,
-      heldout=[d for d in corpus.documents if d.source_id in heldout])
+      models, [d for d in corpus.documents if d.source_id not in heldout], corpus.probes, forget,
+      config.eval, heldout=[d for d in corpus.documents if d.source_id in heldout],
+      forced=problems)
   for path in report.write(result, out):
     print(f"wrote {path}")
   print((epath.Path(out) / "report.md").read_text())
@@ -178,24 +185,26 @@ def prepare_main(argv):
   if argv[1:] != ["wikipedia"]:
     raise app.UsageError("usage: nullearn prepare wikipedia --out=TFDS_DATA_DIR "
                          "[--parquet=DIR_OR_GLOB] [--workers=N]")
-  from nullearn.data import prepare  # pylint: disable=g-import-not-at-top
+  from nullearn.data import prepare
   out = _out("the TFDS data directory")
-  try:
-    done = prepare.prepare_wikipedia(out, parquet=_PARQUET.value, workers=_WORKERS.value,
-                                     parquet_url=_PARQUET_URL.value or prepare.PARQUET_URL)
-  except prepare.PrepareError as e:
-    sys.exit(f"nullearn prepare: {e}")
+  done = prepare.prepare_wikipedia(out, parquet=_PARQUET.value, workers=_WORKERS.value,
+                                   parquet_url=_PARQUET_URL.value or prepare.PARQUET_URL)
   what = "already prepared" if done.reused else f"prepared in {done.seconds:.0f} s"
   print(f"{done.path}: {done.articles:,} articles, {done.num_bytes / 2**30:.2f} GiB, {what}.\n"
         f"Train with TFDS_DATA_DIR={out} --config.data.corpus=tfds:{prepare.NAME}/{prepare.CONFIG}")
 
 
+def capability_main(argv):
+  from nullearn import capability
+  capability.capability_main(argv)
+
+
 def factworld_main(argv):
   del argv
-  from nullearn.data import factworld, records  # pylint: disable=g-import-not-at-top
+  from nullearn.data import factworld, records
   out = pathlib.Path(_out("where to write the files"))
   out.mkdir(parents=True, exist_ok=True)
-  world = factworld.generate(factworld.FactWorldConfig(**_CONFIG.value.factworld.to_dict()))
+  world = factworld.generate(factworld.FactWorldConfig.from_config(_CONFIG.value))
   records.write_documents(out / "documents.jsonl", world.documents)
   records.write_probes(out / "probes.jsonl", world.probes)
   print(f"wrote {len(world.documents)} documents and {len(world.probes)} probes to {out}")
@@ -203,7 +212,7 @@ def factworld_main(argv):
 
 COMMANDS = {"demo": demo_main, "train": train_main, "eval": eval_main,
             "tokenizer": tokenizer_main, "titles": titles_main, "prepare": prepare_main,
-            "factworld": factworld_main}
+            "factworld": factworld_main, "capability": capability_main}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,7 +224,16 @@ def main(argv: list[str] | None = None) -> None:
 
   def run(args):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore at INFO
-    COMMANDS[command](args)
+    try:
+      COMMANDS[command](args)
+    except (app.UsageError, ValueError, OSError, KeyError) as e:
+      # Bad input: one line naming the field or file, no traceback (NULLEARN_TRACEBACK=1
+      # shows it). Any other exception is a bug and keeps its traceback.
+      if os.environ.get("NULLEARN_TRACEBACK"):
+        raise
+      message = " ".join(str(e).split()) or type(e).__name__
+      print(f"nullearn {command}: error: {message}", file=sys.stderr)
+      sys.exit(2)
   app.run(run, argv=argv)
 
 

@@ -9,37 +9,23 @@ backbone only, and on the oracle under the same routing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
 
 import ml_collections
-import numpy as np
 
 from nullearn import evaluate as evaluation
-from nullearn import inference, jobs, report, scores
+from nullearn import inference, jobs, report, results
 from nullearn.data import factworld
-from nullearn.data.tokenizer import Tokenizer, train_tokenizer
+from nullearn.data import tokenizer as tokenizer_lib
+from nullearn.results import Cond, FactSet
 from nullearn.switch import Switch
 
-CONDITIONS = ("sink on", "switched off", "all forgotten off", "backbone only", "oracle")
-KINDS = ("unique", "shared")
-
-
-def world_config(config: ml_collections.ConfigDict) -> factworld.FactWorldConfig:
-  return factworld.FactWorldConfig(**config.factworld.to_dict())
-
-
-def run_tokenizer(workdir: pathlib.Path, texts, config) -> Tokenizer:
-  """The run's tokenizer: loaded if the workdir has one (a resumed demo), else trained."""
-  path = workdir / "tokenizer.model"
-  if path.exists():
-    return Tokenizer.load(path)
-  tok = train_tokenizer(texts, config.model.vocab_size, model_type=config.tokenizer.model_type,
-                        byte_fallback=config.tokenizer.byte_fallback,
-                        max_sentences=config.tokenizer.max_sentences)
-  tok.save(path)
-  return tok
+CONDITIONS = (Cond.SINK_ON, Cond.SWITCHED_OFF, Cond.ALL_OFF, Cond.BACKBONE, Cond.ORACLE)
+# The world's own kinds: a source's facts are all its own ("unique") or its region's.
+KINDS = (FactSet.UNIQUE, FactSet.SHARED)
 
 
 def train_pair(config, workdir: pathlib.Path, world: factworld.FactWorld, forget, tokenizer):
@@ -48,11 +34,12 @@ def train_pair(config, workdir: pathlib.Path, world: factworld.FactWorld, forget
                parallel=config.demo.parallel)
 
 
-def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget) -> dict:
-  """Truth Ratios of the forgotten sources' probes under every condition.
+def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget,
+             thresholds) -> dict:
+  """Truth Ratios of the forgotten sources' probes under every condition, and the claims.
 
-  The suite's conditions, routed by the world's groups: each forgotten source
-  to a surviving source of its own region.
+  The suite's conditions and claims, routed by the world's groups: each
+  forgotten source to a surviving source of its own region.
   """
   null = inference.load_run(workdir / "null")
   oracle = inference.load_run(workdir / "oracle")
@@ -61,58 +48,40 @@ def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget) -> dict:
   probes = [p for p in world.probes if p.source_id in forget_set]
   routed = {f: world.neighbour(f, forget_set) for f in forget}
   conds = evaluation.conditions(evaluation.Models(null, oracle), routed, forget)
-  kinds = np.asarray([p.kind for p in probes])
-  table, ratios = {}, {}
-  for cond in CONDITIONS:
-    r = evaluation.truth_ratios(conds[cond], probes, desc=cond)
-    ratios[cond] = r
-    table[cond] = {k: scores.summarize(r[kinds == k]) for k in KINDS}
-  example = next(p for p in probes if p.kind == "unique")
+  kinds = [p.kind for p in probes]
+  ratios = {c: evaluation.truth_ratios(conds[c], probes, desc=c) for c in CONDITIONS}
+  summaries = results.summarize(ratios, kinds)
+  example = next(p for p in probes if p.kind == FactSet.UNIQUE)
   neighbour = routed[example.source_id]
   generation = {
       "prompt": example.prompt, "answer": example.answer,
-      "sink on": inference.generate(null, example.prompt, Switch.sources([example.source_id])),
+      "sink on": inference.generate(null, example.prompt, Switch.sources(example.source_id)),
       "switched off": inference.generate(
-          null, example.prompt, Switch.sources([neighbour], exclude=[example.source_id])),
+          null, example.prompt, Switch.sources(neighbour, exclude=[example.source_id])),
   }
-  return {"table": table, "ratios": {c: r.tolist() for c, r in ratios.items()},
-          "kinds": kinds.tolist(), "generation": generation,
-          "forgotten_sources": [int(i) for i in forget], "num_probes": len(probes)}
-
-
-def checks(table: dict) -> list[tuple[str, bool]]:
-  """The demo's claims, stated as comparisons so a reader sees which hold."""
-  u, s = {c: table[c]["unique"] for c in CONDITIONS}, {c: table[c]["shared"] for c in CONDITIONS}
-  return [
-      ("unique, sink on: median ratio >= 2", u["sink on"]["median"] >= 2),
-      ("unique, sink on: fraction > 1 well above the oracle's (+0.15)",
-       u["sink on"]["frac_above_1"] >= u["oracle"]["frac_above_1"] + 0.15),
-      ("unique, switched off: median within 0.3 of the oracle's",
-       abs(u["switched off"]["median"] - u["oracle"]["median"]) <= 0.3),
-      ("unique, switched off: fraction > 1 within 0.1 of the oracle's",
-       abs(u["switched off"]["frac_above_1"] - u["oracle"]["frac_above_1"]) <= 0.1),
-      ("shared, switched off: keeps >= 85% of the sink-on median",
-       s["switched off"]["median"] >= 0.85 * s["sink on"]["median"]),
-  ]
+  return {"table": {c: {k: summaries[c][k] for k in KINDS} for c in CONDITIONS},
+          "ratios": {c: r.tolist() for c, r in ratios.items()},
+          "kinds": kinds, "generation": generation,
+          "forgotten_sources": forget, "num_probes": len(probes),
+          "claims": results.claims(summaries, thresholds)}
 
 
 def format_report(result: dict) -> str:
   lines = []
   for kind in KINDS:
-    lines.append(f"\n{kind} facts ({result['table']['sink on'][kind]['n']} probes of "
+    lines.append(f"\n{kind} facts ({result['table'][Cond.SINK_ON][kind].n} probes of "
                  f"{len(result['forgotten_sources'])} forgotten sources)")
     lines.append(f"  {'condition':<19}{'median TR':>10}{'mean TR':>10}{'frac > 1':>10}")
     for cond in CONDITIONS:
       row = result["table"][cond][kind]
-      lines.append(f"  {cond:<19}{row['median']:>10.2f}{row['mean']:>10.2f}"
-                   f"{row['frac_above_1']:>10.2f}")
+      lines.append(f"  {cond:<19}{row.median:>10.2f}{row.mean:>10.2f}{row.frac_above_1:>10.2f}")
   g = result["generation"]
   lines.append(f"\nprompt: {g['prompt']!r} (answer: {g['answer']!r})")
   lines.append(f"  sink on:      {g['sink on']!r}")
   lines.append(f"  switched off: {g['switched off']!r}")
-  lines.append("\nchecks:")
-  for name, ok in result["checks"]:
-    lines.append(f"  [{'pass' if ok else 'FAIL'}] {name}")
+  lines.append("\nclaims:")
+  for c in result["claims"]:
+    lines.append(f"  [{'pass' if c.holds else 'FAIL'}] {c.claim} ({c.value:.3g})")
   return "\n".join(lines)
 
 
@@ -124,16 +93,24 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
-  world = factworld.generate(world_config(config))
+  world = factworld.generate(factworld.FactWorldConfig.from_config(config))
   forget = factworld.choose_forget_set(world, config.demo.num_forget, config.demo.forget_seed)
-  tokenizer = run_tokenizer(workdir, [d.text for d in world.documents], config)
+  tokenizer = tokenizer_lib.for_run(workdir, (d.text for d in world.documents), config.tokenizer,
+                                    config.model.vocab_size)
   train_pair(config, workdir, world, forget, tokenizer)
-  result = evaluate(workdir, world, forget)
-  result["checks"] = checks(result["table"])
+  result = evaluate(workdir, world, forget, config.eval.claims)
   result["seconds"] = time.time() - t0
   print(format_report(result))
-  (workdir / "demo.json").write_text(json.dumps(result, indent=1))
+  (workdir / "demo.json").write_text(json.dumps(_jsonable(result), indent=1))
   plot(result, workdir / "demo.png")
   print(f"\nwrote {workdir / 'demo.json'} and {workdir / 'demo.png'} "
         f"({result['seconds'] / 60:.1f} min)")
   return result
+
+
+def _jsonable(result: dict) -> dict:
+  out = dict(result)
+  out["table"] = {c: {k: dataclasses.asdict(v) for k, v in row.items()}
+                  for c, row in result["table"].items()}
+  out["claims"] = [dataclasses.asdict(c) for c in result["claims"]]
+  return out

@@ -28,7 +28,8 @@ def plan(config: ml_collections.ConfigDict) -> dict:
   flops_per_token = flops.train_flops_per_token(setup.model_cfg, seq_len)
   peak = dict(flops.PEAK_FLOPS).get(config.mesh.chip.lower())
   if peak is None:
-    raise ValueError(f"unknown chip {config.mesh.chip!r}; known: {[n for n, _ in flops.PEAK_FLOPS]}")
+    known = [n for n, _ in flops.PEAK_FLOPS]
+    raise ValueError(f"mesh.chip: unknown chip {config.mesh.chip!r}; known: {known}")
   mfu = config.mesh.assumed_mfu
   tokens_per_sec = mfu * peak * num_devices / flops_per_token
   tokens_per_step = config.data.batch_size * seq_len

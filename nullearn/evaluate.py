@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -21,9 +21,8 @@ from nullearn import extraction, inference, routing, scores, unlearning
 from nullearn.data import cloze, pipeline
 from nullearn.data.records import Document, Probe
 from nullearn.inference import Run
+from nullearn.results import Cond, FactSet, Relearning, Report, Summary, claims, summarize
 from nullearn.switch import Switch
-
-KINDS = ("unique", "inferred", "shared")
 
 
 @dataclasses.dataclass
@@ -41,68 +40,132 @@ class Condition:
   params: object = None
 
 
+class ModelMismatchError(ValueError):
+  """The oracle or the plain model is not the comparison the report would claim it is."""
+
+
+def validate(models: Models, forget: Sequence[int]) -> list[str]:
+  """Why the oracle and the plain model are not the controls they must be, one line each.
+
+  An oracle must be the NULL's architecture and geometry, with the NULL's
+  tokenizer, trained on the NULL's corpus minus (at least) every forgotten
+  source; a plain model must have the NULL's tokenizer and corpus and its MLP
+  width with every neuron on (pool 0). An empty list means both are valid.
+  """
+  null = models.null.meta
+  problems = []
+  for flag, run in (("--oracle", models.oracle), ("--plain", models.plain)):
+    if run is None:
+      continue
+    meta = run.meta
+    if meta.get("tokenizer") != null.get("tokenizer"):
+      problems.append(f"{flag}: tokenizer {meta.get('tokenizer')} differs from the NULL's "
+                      f"{null.get('tokenizer')}: their token ids mean different things")
+    arch, want = meta.get("architecture"), null.get("architecture")
+    if arch != want:
+      diffs = "; ".join(f"{k} {arch.get(k)!r} vs {want.get(k)!r}" for k in want
+                        if arch.get(k) != want.get(k)) if arch and want else "unrecorded"
+      problems.append(f"{flag}: architecture differs from the NULL's ({diffs})")
+    corpus, want_corpus = meta.get("data", {}).get("corpus"), null.get("data", {}).get("corpus")
+    if corpus != want_corpus:
+      problems.append(f"{flag}: trained on corpus {corpus}, the NULL on {want_corpus}")
+    excluded = set(meta.get("data", {}).get("excluded", ()))
+    geometry = run.model_cfg.geometry
+    if flag == "--oracle":
+      if geometry != models.null.model_cfg.geometry:
+        problems.append(f"{flag}: sink geometry differs from the NULL's "
+                        f"({'; '.join(geometry.differences(models.null.model_cfg.geometry))})")
+      seen = sorted(set(int(f) for f in forget) - excluded)
+      if seen:
+        problems.append(f"{flag}: was trained on forgotten sources {seen[:10]}"
+                        f"{' ...' if len(seen) > 10 else ''} (its data.exclude_sources lacks "
+                        "them): it is not an oracle for --forget")
+    else:
+      null_geometry = models.null.model_cfg.geometry
+      if geometry.pool or geometry.width != null_geometry.width:
+        problems.append(f"{flag}: must have pool 0 and the NULL's MLP width "
+                        f"{null_geometry.width}, has backbone {geometry.backbone}, pool "
+                        f"{geometry.pool}")
+      if excluded != set(null.get("data", {}).get("excluded", ())):
+        problems.append(f"{flag}: excluded sources {sorted(excluded)} differ from the NULL's")
+  return problems
+
+
 def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
              forget: Sequence[int], cfg: ml_collections.ConfigDict, *,
-             heldout: Sequence[Document] = (), log: Callable[[str], None] = print) -> dict:
-  """Runs every section `cfg` asks for and returns the report as a dict."""
+             heldout: Sequence[Document] = (), log: Callable[[str], None] = print,
+             forced: Sequence[str] = ()) -> Report:
+  """Runs every section `cfg` asks for and returns the report.
+
+  `forced` lists the model checks (`validate`) a user chose to override; the
+  report carries them.
+  """
   t0 = time.time()
   forget = [int(f) for f in forget]
   forget_set = set(forget)
   if not forget:
-    raise ValueError("nothing to evaluate: no sources to forget")
+    raise ValueError("--forget: nothing to evaluate, no sources to forget")
   names = {d.source_id: d.source for d in docs}
   missing = sorted(forget_set - set(names))
   if missing:
-    raise ValueError(f"forgotten sources {missing} have no documents in the corpus")
+    raise ValueError(f"--forget: sources {missing} have no documents in the corpus")
   if not probes:
     log("no probes given: building cloze probes from the text")
     probes = cloze.make_probes(docs, seed=cfg.seed)
   forgotten_probes = [p for p in probes if p.source_id in forget_set]
   if not forgotten_probes:
-    raise ValueError("no probe belongs to a forgotten source")
+    raise ValueError("--forget: no probe belongs to a forgotten source")
+  inference.option_rows(models.null.tokenizer, probes, models.null.context)  # refuse bad ones now
 
   log("embedding sources for routing")
   router = _router(models.null, docs, names, cfg)
   routed = {f: router.route(f, forget_set) for f in forget}
   conds = conditions(models, routed, forget)
-  report = {"forgotten": [{"id": f, "name": names[f], "routed_to": routed[f],
-                           "routed_name": names[routed[f]]} for f in forget]}
-
   log(f"scoring {len(forgotten_probes)} probes of {len(forget)} forgotten sources")
   ratios = {name: truth_ratios(c, forgotten_probes, desc=name) for name, c in conds.items()}
-  kinds = _taxonomy(forgotten_probes, ratios.get("oracle"))
-  report["probes"] = {"kinds": kinds, "counts": {k: kinds.count(k) for k in KINDS}}
-  report["conditions"] = _summaries(ratios, kinds)
-  report["ratios"] = {k: v.tolist() for k, v in ratios.items()}
+  kinds = _taxonomy(forgotten_probes, ratios.get(Cond.ORACLE))
+  report = Report(
+      forgotten=[{"id": f, "name": names[f], "routed_to": routed[f],
+                  "routed_name": names[routed[f]]} for f in forget],
+      kinds=kinds, conditions=summarize(ratios, kinds),
+      ratios={k: v.tolist() for k, v in ratios.items()},
+      probes=[{"source_id": p.source_id, "prompt": p.prompt, "answer": p.answer}
+              for p in forgotten_probes],
+      forced=list(forced))
 
   retained = _retained_probes(probes, forget_set, cfg.max_retained_probes, cfg.seed)
   if retained:
     log(f"scoring {len(retained)} probes of retained sources")
-    own = lambda ids: Switch.sources(ids)
-    report["retained"] = {
-        "sink on": scores.summarize(truth_ratios(Condition(models.null, own), retained)),
-        "after forgetting": scores.summarize(truth_ratios(Condition(
+    report.retained = {
+        "sink on": Summary.of(truth_ratios(Condition(models.null, Switch.sources), retained)),
+        "after forgetting": Summary.of(truth_ratios(Condition(
             models.null, lambda ids: Switch.sources(ids, exclude=forget)), retained)),
     }
-
   if heldout:
-    report["capability"] = _capability(models, heldout, router, forget_set, cfg, log)
+    report.capability = _capability(models, heldout, router, forget_set, cfg, log)
 
   rows_forget = pipeline.document_rows(models.null.tokenizer, _docs_of(docs, forget_set),
                                        cfg.seq_len)
   unlearned = {}
   if "baselines" in cfg.sections:
     unlearned = _baselines(models, docs, forget_set, rows_forget, forgotten_probes, kinds,
-                           ratios.get("oracle"), retained, cfg, log)
-    report["baselines"] = {name: u["report"] for name, u in unlearned.items()}
+                           ratios.get(Cond.ORACLE), retained, cfg, log)
+    report.baselines = {name: u["report"] for name, u in unlearned.items()}
   if "relearning" in cfg.sections:
-    report["relearning"] = _relearning(models, conds, unlearned, docs, forget_set,
-                                       forgotten_probes, cfg, log)
+    report.relearning = _relearning(models, conds, unlearned, docs, forget_set,
+                                    forgotten_probes, cfg, log)
   if "extraction" in cfg.sections:
-    report["extraction"] = _extraction(conds, unlearned, docs, forget_set, cfg, log)
-  report["claims"] = claims(report)
-  report["seconds"] = time.time() - t0
+    report.extraction = _extraction(conds, unlearned, docs, forget_set, cfg, log)
+  report.budget = forgetting_budget(models.null.model_cfg.geometry, len(forget))
+  report.claims = claims(report.conditions, cfg.claims, report.relearning)
+  report.seconds = time.time() - t0
   return report
+
+
+def forgetting_budget(geometry, forgotten: int) -> dict:
+  """How much of the pool `forgotten` sources take, and how many sources take 10/25/50%."""
+  return {"forgotten": forgotten, "pool_removed": geometry.lost_fraction(forgotten),
+          "sources_for": {f: geometry.forgetting_budget(f) for f in (0.1, 0.25, 0.5)}}
 
 
 def _router(run: Run, docs, names, cfg) -> routing.Router:
@@ -113,22 +176,22 @@ def _router(run: Run, docs, names, cfg) -> routing.Router:
   return routing.Router(*routing.backbone_embeddings(run, docs, seq_len=cfg.seq_len))
 
 
-def conditions(models: Models, routed: dict[int, int], forget: list[int]) -> dict[str, Condition]:
-  """Sink on; switched off (each forgotten source alone, and all at once); backbone; expected; oracle."""
+def conditions(models: Models, routed: dict[int, int], forget: list[int]) -> dict[Cond, Condition]:
+  """Sink on; switched off (each forgotten source alone, and all at once); backbone;
+  expected; the oracle under the same routing; the plain model."""
   route = np.vectorize(lambda s: routed.get(int(s), int(s)), otypes=[np.int64])
   off = lambda ids: Switch.sources(route(ids), exclude=np.asarray(ids)[:, :1].astype(np.int64))
   conds = {
-      "sink on": Condition(models.null, lambda ids: Switch.sources(ids)),
-      "switched off": Condition(models.null, off),
-      "all forgotten off": Condition(models.null,
-                                     lambda ids: Switch.sources(route(ids), exclude=forget)),
-      "backbone only": Condition(models.null, lambda ids: Switch.backbone()),
-      "expected": Condition(models.null, lambda ids: Switch.expected(exclude=forget)),
+      Cond.SINK_ON: Condition(models.null, Switch.sources),
+      Cond.SWITCHED_OFF: Condition(models.null, off),
+      Cond.ALL_OFF: Condition(models.null, lambda ids: Switch.sources(route(ids), exclude=forget)),
+      Cond.BACKBONE: Condition(models.null, lambda ids: Switch.backbone()),
+      Cond.EXPECTED: Condition(models.null, lambda ids: Switch.expected(exclude=forget)),
   }
   if models.oracle is not None:
-    conds["oracle"] = Condition(models.oracle, off)
+    conds[Cond.ORACLE] = Condition(models.oracle, off)
   if models.plain is not None:
-    conds["plain"] = Condition(models.plain, lambda ids: Switch.backbone())
+    conds[Cond.PLAIN] = Condition(models.plain, lambda ids: Switch.backbone())
   return conds
 
 
@@ -143,30 +206,9 @@ def _taxonomy(probes: Sequence[Probe], oracle_ratios: np.ndarray | None) -> list
   """Shared stays shared; article-specific facts are unique if the oracle cannot tell them."""
   if oracle_ratios is None:
     return [p.kind for p in probes]
-  return [p.kind if p.kind == "shared" else ("unique" if r <= 1.0 else "inferred")
+  return [p.kind if p.kind == FactSet.SHARED
+          else (FactSet.UNIQUE if r <= 1.0 else FactSet.INFERRED).value
           for p, r in zip(probes, oracle_ratios)]
-
-
-def _summaries(ratios: dict[str, np.ndarray], kinds: list[str]) -> dict:
-  """Per kind, plus `article` (unique and inferred: every fact of the source alone) and `all`.
-
-  The unique/inferred split is drawn by the oracle's own ratios, so within it the
-  oracle's distribution is cut at 1 and a Forget Quality there measures the cut
-  as much as the model; `article` is the uncut set.
-  """
-  kinds = np.asarray(kinds)
-  sets = {k: kinds == k for k in KINDS}
-  sets["article"] = kinds != "shared"
-  sets["all"] = np.ones(len(kinds), bool)
-  oracle = ratios.get("oracle")
-  out = {}
-  for name, r in ratios.items():
-    row = {k: scores.summarize(r[sel]) for k, sel in sets.items()}
-    if oracle is not None:
-      for k, sel in sets.items():
-        row[k]["forget_quality"] = scores.forget_quality(r[sel], oracle[sel])
-    out[name] = row
-  return out
 
 
 def _retained_probes(probes, forget_set, limit: int, seed: int) -> list[Probe]:
@@ -219,12 +261,12 @@ def _baselines(models: Models, docs, forget_set, rows_forget, probes, kinds, ora
                                   lr=cfg.unlearn_lr, batch_size=cfg.unlearn_batch,
                                   rows_retain=rows_retain if method != "ga" else None,
                                   beta=cfg.npo_beta, seed=cfg.seed)
-      cond = Condition(run, lambda ids: Switch.sources(ids), params)
+      cond = Condition(run, Switch.sources, params)
       r = truth_ratios(cond, probes, desc=name)
-      rep = _summaries({name: r, **({"oracle": oracle_ratios} if oracle_ratios is not None
-                                    else {})}, kinds)[name]
+      with_oracle = {} if oracle_ratios is None else {Cond.ORACLE: oracle_ratios}
+      rep = dict(summarize({name: r, **with_oracle}, kinds)[name])
       if retained:
-        rep["retained"] = scores.summarize(truth_ratios(cond, retained))
+        rep["retained"] = Summary.of(truth_ratios(cond, retained))
       out[name] = {"condition": cond, "report": rep, "ratios": r}
   return out
 
@@ -247,7 +289,7 @@ def split_halves(docs: Sequence[Document]) -> tuple[list[Document], list[Documen
   return first, [d for d in second if d.text]
 
 
-def _relearning(models, conds, unlearned, docs, forget_set, probes, cfg, log) -> dict:
+def _relearning(models, conds, unlearned, docs, forget_set, probes, cfg, log) -> Relearning:
   """Fine-tune each unlearned model on half of the forgotten text; test on the other half."""
   train_half, test_half = split_halves(_docs_of(docs, forget_set))
   test_text = {}
@@ -258,7 +300,7 @@ def _relearning(models, conds, unlearned, docs, forget_set, probes, cfg, log) ->
   tok = models.null.tokenizer
   rows_train = pipeline.document_rows(tok, train_half, cfg.seq_len)
   rows_test = pipeline.document_rows(tok, test_half, cfg.seq_len)
-  attacked = {name: conds[name] for name in ("switched off", "oracle") if name in conds}
+  attacked = {name: conds[name] for name in (Cond.SWITCHED_OFF, Cond.ORACLE) if name in conds}
   for name, u in unlearned.items():
     if name.startswith("plain+") or (models.plain is None and name.startswith("null+")):
       attacked[name] = u["condition"]
@@ -280,16 +322,16 @@ def _relearning(models, conds, unlearned, docs, forget_set, probes, cfg, log) ->
   before = {}  # the facts as each model knew them before any post-hoc unlearning
   for base_name in {name.split("+")[0] for name in curves if "+" in name}:
     base = models.plain if base_name == "plain" else models.null
-    before[base_name] = float(np.median(truth_ratios(Condition(base, lambda ids: Switch.sources(ids)),
-                                                held_probes)))
-  return {"curves": curves, "before_unlearning_median_ratio": before,
-          "num_test_probes": len(held_probes), "test_tokens": float(rows_test["weights"].sum())}
+    before[base_name] = float(np.median(truth_ratios(Condition(base, Switch.sources),
+                                                     held_probes)))
+  return Relearning(curves, before, len(held_probes), float(rows_test["weights"].sum()))
 
 
 def _extraction(conds, unlearned, docs, forget_set, cfg, log) -> dict:
   """Verbatim extraction and the adversarial compression ratio of the forgotten text."""
   forgotten_docs = _docs_of(docs, forget_set)
-  targets = {name: conds[name] for name in ("sink on", "switched off", "oracle") if name in conds}
+  targets = {name: conds[name] for name in (Cond.SINK_ON, Cond.SWITCHED_OFF, Cond.ORACLE)
+             if name in conds}
   for name, u in unlearned.items():
     if name.endswith("+npo"):
       targets[name] = u["condition"]
@@ -298,7 +340,8 @@ def _extraction(conds, unlearned, docs, forget_set, cfg, log) -> dict:
     log(f"extraction attacks on {name}")
     ids = np.asarray([d.source_id for d in forgotten_docs], np.int64)
     verb = extraction.verbatim_extraction(
-        cond.run, forgotten_docs, lambda idx: cond.switch_for_sources(ids[idx][:, None]),
+        cond.run, forgotten_docs,
+        lambda idx, c=cond, ids=ids: c.switch_for_sources(ids[idx][:, None]),
         prefix_tokens=cfg.extraction_prefix, continuation_tokens=cfg.extraction_continuation,
         max_samples=cfg.extraction_samples, params=cond.params)
     acrs = []
@@ -325,37 +368,3 @@ def _acr_targets(docs: Sequence[Document], n: int) -> list[Document]:
     size[d.source_id] = size.get(d.source_id, 0) + len(d.text)
     first.setdefault(d.source_id, d)
   return [first[s] for s in sorted(first, key=lambda s: -size[s])][:n]
-
-
-def claims(report: dict) -> list[dict]:
-  """The suite's questions, answered from the measurements (either way)."""
-  out = []
-  cond = report["conditions"]
-  if "oracle" in cond:
-    for kind, what in (("article", "article-specific facts (unique and inferred)"),
-                       ("unique", "unique facts (oracle ratio <= 1, a cut distribution)"),
-                       ("shared", "shared facts")):
-      fq = cond["switched off"][kind].get("forget_quality", float("nan"))
-      if np.isfinite(fq):
-        out.append({"claim": f"switched-off {what} match the oracle under the same routing "
-                             "(Forget Quality p >= 0.05)", "value": fq, "holds": bool(fq >= 0.05)})
-  on, off = cond["sink on"]["shared"]["median"], cond["switched off"]["shared"]["median"]
-  if np.isfinite(on) and np.isfinite(off):
-    out.append({"claim": "shared facts keep >= 85% of their sink-on median when switched off",
-                "value": off / on, "holds": bool(off >= 0.85 * on)})
-  rel = report.get("relearning")
-  if rel and "oracle" in rel["curves"] and "switched off" in rel["curves"]:
-    o, n = np.asarray(rel["curves"]["oracle"]["loss"]), np.asarray(rel["curves"]["switched off"]["loss"])
-    gap = float(np.max(np.abs(n - o) / o))
-    out.append({"claim": "relearning: switched-off NULL within 10% of the oracle's loss at every "
-                         "step count", "value": gap, "holds": bool(gap <= 0.10)})
-  for name, curve in (rel or {}).get("curves", {}).items():
-    if not name.endswith("+npo"):
-      continue
-    before = rel["before_unlearning_median_ratio"][name.split("+")[0]]
-    within = [r for s, r in zip(curve["steps"], curve["median_ratio"]) if 0 < s <= 10]
-    best = max(within) if within else float("nan")
-    out.append({"claim": f"relearning: {name} forgotten facts back above 80% of their "
-                         "pre-unlearning ratio within 10 steps",
-                "value": best / before, "holds": bool(best >= 0.8 * before)})
-  return out

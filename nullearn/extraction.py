@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +21,10 @@ import numpy as np
 from flax import nnx
 
 from nullearn import losses
+from nullearn.batching import padded_batches
 from nullearn.data.records import Document
 from nullearn.data.tokenizer import BOS_ID, EOS_ID
-from nullearn.inference import Run, SwitchFn, fixed_switch, padded_batches
+from nullearn.inference import Run, SwitchFn, fixed_switch
 from nullearn.switch import Switch
 
 

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from etils import epath
 from flax import nnx
 
+from nullearn import batching, losses
 from nullearn import checkpoint as ckpt_lib
-from nullearn import losses
+from nullearn import model as model_lib
 from nullearn.data.records import Probe
 from nullearn.data.tokenizer import EOS_ID, Tokenizer
 from nullearn.model import ModelConfig, Transformer
 from nullearn.switch import Switch
+from nullearn.writer import progress
 
 
 @dataclasses.dataclass
@@ -33,22 +35,32 @@ class Run:
   def model(self, params=None) -> Transformer:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
+  @property
+  def context(self) -> int:
+    """The longest input the model was trained on (its `data.seq_len`)."""
+    return int(self.meta["config"]["data"]["seq_len"])
 
-def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None) -> Run:
+
+def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None, *,
+             device: jax.Device | None = None) -> Run:
   """Restores the latest checkpoint's parameters (not the optimizer) from `workdir`.
 
+  The parameters land on `device` (default: this process's first), whatever
+  topology saved them: a checkpoint of a 64-chip pod loads in a 1-GPU Colab.
   `model_cfg`, if given, must agree with the checkpoint's sink geometry.
   """
-  from nullearn.train import abstract_model  # pylint: disable=g-import-not-at-top
   workdir = epath.Path(workdir)
   ckpt, step = ckpt_lib.require_checkpoint(workdir)
   meta = ckpt.read_meta(step)
   saved_cfg = ModelConfig.from_config(meta["config"]["model"])
   if model_cfg is not None:
-    ckpt_lib.check_geometry(meta["sink_geometry"], model_cfg, f"{ckpt.directory}/{step}")
+    ckpt_lib.check_geometry(meta["sink_geometry"], model_cfg.geometry, f"{ckpt.directory}/{step}")
     saved_cfg = model_cfg
-  graphdef, params, _ = abstract_model(saved_cfg)
-  state = ckpt.restore_params(step, params)
+  graphdef, params, _ = model_lib.abstract(saved_cfg)
+  here = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+  # Orbax restores onto the saved topology unless the target says where each array goes.
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), params)
+  state = ckpt.restore_params(step, target)
   tokenizer = Tokenizer.load(workdir / "tokenizer.model")
   if tokenizer.fingerprint != meta.get("tokenizer"):
     raise ckpt_lib.CheckpointMismatchError(
@@ -60,36 +72,44 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
 @dataclasses.dataclass(frozen=True)
 class OptionRows:
   """Every (probe, option) as one row: option 0 is the answer, then the distractors."""
-  tokens: np.ndarray  # int32 [rows, L]
-  weights: np.ndarray  # float32 [rows, L]: 1 on the option's tokens (as targets)
+  tokens: list[np.ndarray]  # int32, BOS + the prompt's last tokens + the option
+  starts: np.ndarray  # int64 [rows]: where the option begins in its row
   probe: np.ndarray  # int32 [rows]
   option: np.ndarray  # int32 [rows]
 
 
-def option_rows(tokenizer: Tokenizer, probes: Sequence[Probe]) -> OptionRows:
-  rows, weights, probe_idx, option_idx = [], [], [], []
+def option_rows(tokenizer: Tokenizer, probes: Sequence[Probe], context: int) -> OptionRows:
+  """Rows of at most `context + 1` tokens: a prompt too long is cut from the left (after
+  BOS), as the model never saw a longer context; an option that tokenizes to nothing or
+  leaves no room for a prompt is refused."""
+  rows, starts, probe_idx, option_idx = [], [], [], []
   for i, p in enumerate(probes):
     prompt = tokenizer.encode_document(p.prompt)[:-1]  # BOS + prompt, no EOS
     for j, option in enumerate((p.answer, *p.distractors)):
-      answer = tokenizer.encode(option)
-      rows.append(np.concatenate([prompt, answer]).astype(np.int32))
-      weights.append(np.concatenate([np.zeros(len(prompt)), np.ones(len(answer))]))
+      answer = np.asarray(tokenizer.encode(option), np.int32)
+      if not len(answer):
+        raise ValueError(f"probe {i} ({p.prompt!r}): option {option!r} tokenizes to nothing")
+      keep = context - len(answer)  # the row is at most context + 1 tokens
+      if keep < 1:
+        raise ValueError(f"probe {i} ({p.prompt!r}): option {option!r} is {len(answer)} tokens, "
+                         f"the model's context is {context}")
+      cut = prompt if len(prompt) <= keep else np.concatenate(
+          [prompt[:1], prompt[len(prompt) - keep + 1:]])
+      rows.append(np.concatenate([cut, answer]).astype(np.int32))
+      starts.append(len(cut))
       probe_idx.append(i)
       option_idx.append(j)
-  length = max(len(r) for r in rows)
-  tokens = np.zeros((len(rows), length), np.int32)
-  w = np.zeros((len(rows), length), np.float32)
-  for k, (r, wt) in enumerate(zip(rows, weights)):
-    tokens[k, :len(r)] = r
-    w[k, :len(r)] = wt
-  return OptionRows(tokens, w, np.asarray(probe_idx, np.int32), np.asarray(option_idx, np.int32))
+  return OptionRows(rows, np.asarray(starts), np.asarray(probe_idx, np.int32),
+                    np.asarray(option_idx, np.int32))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _mean_option_nll(graphdef, params, tokens_BxL, weights_BxL, switch: Switch):
-  inputs, targets, w = tokens_BxL[:, :-1], tokens_BxL[:, 1:], weights_BxL[:, 1:]
+def _mean_option_nll(graphdef, params, tokens_BxL, starts_B, lengths_B, switch: Switch):
+  inputs, targets = tokens_BxL[:, :-1], tokens_BxL[:, 1:]
   segment_ids = (inputs > 0).astype(jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+  target_pos = positions + 1  # row position of each target
+  w = ((target_pos >= starts_B[:, None]) & (target_pos < lengths_B[:, None])).astype(jnp.float32)
   logits = nnx.merge(graphdef, params)(inputs, segment_ids, positions, switch)
   return losses.sequence_nll(logits, targets, w) / jnp.maximum(w.sum(-1), 1.0)
 
@@ -97,39 +117,25 @@ def _mean_option_nll(graphdef, params, tokens_BxL, weights_BxL, switch: Switch):
 SwitchFn = Callable[[np.ndarray], Switch]
 
 
-def padded_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-  """(row indices [batch_size], how many are real) per batch: one compiled shape for
-  all, the last batch padded with copies of the last row."""
-  for start in range(0, n, batch_size):
-    yield np.minimum(np.arange(start, start + batch_size), n - 1), min(batch_size, n - start)
-
-
 def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
-               params=None, batch_size: int = 256, desc: str | None = None) -> np.ndarray:
-  """Mean token NLL of every option, [probes, 1 + distractors].
+               params=None, max_tokens: int = 32_768, desc: str | None = None) -> np.ndarray:
+  """Mean token NLL of every option, [probes, 1 + distractors] (NaN past a probe's options).
 
   `switch_for(probe_indices)` gives the switch for a batch of rows (e.g. each
-  probe's routed source); padding rows reuse the last probe.
+  probe's routed source); padding rows reuse a real row's probe. Rows are
+  batched by length, at most `max_tokens` tokens a batch.
   """
-  rows = option_rows(run.tokenizer, probes)
-  n = len(rows.probe)
+  rows = option_rows(run.tokenizer, probes, run.context)
+  lengths = np.asarray([len(r) for r in rows.tokens])
   params = run.params if params is None else params
-  out = []
-  for idx, m in tqdm.tqdm(padded_batches(n, batch_size), total=-(-n // batch_size), desc=desc,
-                          disable=desc is None, leave=False):
-    switch = switch_for(rows.probe[idx])
-    nll = _mean_option_nll(run.graphdef, params, rows.tokens[idx], rows.weights[idx], switch)
-    out.append(np.asarray(nll)[:m])
-  out = np.concatenate(out)
-  num_options = 1 + len(probes[0].distractors)
-  if any(len(p.distractors) + 1 != num_options for p in probes):
-    return _ragged(out, rows, len(probes))
-  return out.reshape(len(probes), num_options)
-
-
-def _ragged(out, rows: OptionRows, num_probes: int) -> np.ndarray:
-  width = int(rows.option.max()) + 1
-  table = np.full((num_probes, width), np.nan, np.float32)
+  out = np.zeros(len(lengths), np.float32)
+  batches = list(batching.token_batches(lengths, max_tokens))
+  for idx, m, width in progress(batches, desc=desc):
+    tokens = batching.pad_rows([rows.tokens[i] for i in idx], width)
+    nll = _mean_option_nll(run.graphdef, params, tokens, rows.starts[idx], lengths[idx],
+                           switch_for(rows.probe[idx]))
+    out[idx[:m]] = np.asarray(nll)[:m]
+  table = np.full((len(probes), int(rows.option.max()) + 1), np.nan, np.float32)
   table[rows.probe, rows.option] = out
   return table
 

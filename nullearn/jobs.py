@@ -12,18 +12,18 @@ import dataclasses
 import multiprocessing
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from etils import epath
 
 from nullearn import train
-from nullearn.configs import base
-from nullearn.data import corpus
 from nullearn.data.records import Document
 from nullearn.data.tokenizer import Tokenizer
+from nullearn.model import make_plain
 from nullearn.writer import MetricWriter
 
-_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 
 @dataclasses.dataclass
@@ -42,10 +42,11 @@ def comparison(config, workdir: epath.PathLike, docs: Sequence[Document], forget
   oracle = copy.deepcopy(config)
   oracle.data.exclude_sources = tuple(int(i) for i in forget)
   runs = [Job("null", config, workdir / "null", docs),
-          Job("oracle", oracle, workdir / "oracle", corpus.without(docs, forget))]
+          Job("oracle", oracle, workdir / "oracle", docs)]  # the data layer leaves `forget` out
   if plain:
-    runs.append(Job("plain", base.with_variant(copy.deepcopy(config), "plain"),
-                    workdir / "plain", docs))
+    plain_config = copy.deepcopy(config)
+    make_plain(plain_config.model)
+    runs.append(Job("plain", plain_config, workdir / "plain", docs))
   return runs
 
 
@@ -55,7 +56,6 @@ def run_one(job: Job, tokenizer: Tokenizer) -> None:
   tokenizer.save(workdir / "tokenizer.model")
   t0 = time.time()
   writer = MetricWriter(workdir, prefix=job.name)
-  writer.text(f"[{job.name}] training on {len(job.docs)} documents")
   result = train.train(job.config, workdir, job.docs, tokenizer, writer=writer)
   if result.history:
     writer.text(f"[{job.name}] {result.setup.steps} steps in {time.time() - t0:.0f}s, "

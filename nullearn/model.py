@@ -3,12 +3,17 @@
 The only change to a standard transformer is one line in `SinkMLP`: hidden
 activations are multiplied by the token's mask before the down-projection. With
 ``pool=0`` the same code is the plain transformer baseline.
+
+Shape suffixes (one meaning each, across the project):
+  B batch          T query length      S key/value length   D d_model
+  H query heads    G KV heads          K head dim           F MLP width (backbone + pool)
+  P sink pool      A active sinks per source                 M documents per packed row
+  N gathered sink columns (M * A)      V vocabulary         L a fixed buffer length
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from nullearn.masks import SinkGeometry
 from nullearn.sharding import constrain
 from nullearn.switch import GatheredSinks, Switch
 
@@ -50,17 +56,14 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
-    if self.pool and not 0 < self.active <= self.pool:
-      raise ValueError(f"need 0 < active <= pool, got active={self.active}, pool={self.pool}")
-    if self.backbone + self.pool <= 0:
-      raise ValueError("the MLP needs backbone + pool > 0 neurons")
+    _ = self.geometry  # validates the sink geometry
     if self.sink_impl not in ("dense", "gather"):
       raise ValueError(f"sink_impl must be 'dense' or 'gather', got {self.sink_impl!r}")
     if self.head_dim % 2:
       raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
 
   @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "ModelConfig":
+  def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> ModelConfig:
     d = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
@@ -73,10 +76,10 @@ class ModelConfig:
     return self.backbone + self.pool
 
   @property
-  def sink_geometry(self) -> dict[str, Any]:
+  def geometry(self) -> SinkGeometry:
     """What fixes every source's mask; a checkpoint refuses a different one."""
-    return dict(mask_seed=self.mask_seed, backbone=self.backbone, pool=self.pool,
-                active=self.active, per_layer_masks=self.per_layer_masks)
+    return SinkGeometry(self.backbone, self.pool, self.active, self.mask_seed,
+                        self.per_layer_masks)
 
 
 def _param(rngs: nnx.Rngs, shape, names, std, dtype) -> nnx.Param:
@@ -234,12 +237,11 @@ class Transformer(nnx.Module):
       return None
     if switch is None:
       raise ValueError("a model with sinks needs a Switch (e.g. Switch.sources(ids))")
-    layer = layer if cfg.per_layer_masks else None
-    if cfg.sink_impl == "gather" and switch.mode == "source":
-      return switch.gathered(cfg.backbone, cfg.pool, cfg.active, cfg.mask_seed, segment_ids_BxT,
-                             cfg.max_segments, jnp.dtype(cfg.dtype), layer)
-    return switch.mlp_mask(cfg.backbone, cfg.pool, cfg.active, cfg.mask_seed,
-                           jnp.dtype(cfg.dtype), layer)
+    dtype = jnp.dtype(cfg.dtype)
+    if cfg.sink_impl == "gather" and switch.mode == "source" and _gatherable(
+        segment_ids_BxT, cfg.max_segments):
+      return switch.gathered(cfg.geometry, segment_ids_BxT, cfg.max_segments, dtype, layer)
+    return switch.mlp_mask(cfg.geometry, dtype, layer)
 
   def embed_tokens(self, tokens_BxT):
     x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.cfg.dtype)
@@ -276,6 +278,35 @@ class Transformer(nnx.Module):
     return constrain(logits_BxTxV, ("batch", "length", "vocab"))
 
 
+def _gatherable(segment_ids_BxT, max_segments: int) -> bool:
+  """Whether gathered sinks represent these rows exactly.
+
+  Concrete rows are checked: a row of more than `max_segments` documents, or a
+  row whose tokens are all in segment 0 (the padding id, which gets no sinks
+  on the gathered path), is computed densely instead. Traced rows come from
+  the training pipeline, which packs at most `max_segments` documents a row.
+  """
+  if isinstance(segment_ids_BxT, jax.core.Tracer):
+    return True
+  seg_BxT = np.asarray(segment_ids_BxT)
+  return bool(seg_BxT.max() <= max_segments and np.all(seg_BxT.max(axis=-1) > 0))
+
+
+def make_plain(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The NULL's baseline in place: the same MLP width with every neuron always on (pool 0)."""
+  model.backbone, model.pool = model.backbone + model.pool, 0
+  return model
+
+
+def abstract(cfg: ModelConfig):
+  """graphdef, abstract params (pure dict) and their logical axis names; allocates nothing."""
+  model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  logical = jax.tree.map(lambda v: jax.sharding.PartitionSpec(*v.get_metadata()["out_sharding"]),
+                         state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(logical)
+
+
 def param_count(cfg: ModelConfig) -> int:
-  abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  _, params, _ = abstract(cfg)
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

@@ -1,26 +1,30 @@
-"""An evaluation report on disk: report.json, report.md and PNG plots."""
+"""An evaluation report on disk: report.json, report.md and PNG plots.
+
+Plots are drawn on `matplotlib.figure.Figure` objects, never through pyplot's
+global state, so writing a report leaves a notebook's inline plots alone.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from etils import epath
 
-from nullearn.evaluate import KINDS
+from nullearn.results import KINDS, FactSet, Relearning, Report
 
 
-def write(report: dict, out_dir: str | epath.PathLike) -> list[epath.Path]:
+def write(report: Report, out_dir: str | epath.PathLike) -> list[epath.Path]:
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "report.json").write_text(json.dumps(report, indent=1, default=_jsonable))
+  (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=_jsonable))
   (out / "report.md").write_text(markdown(report))
   written = [out / "report.json", out / "report.md"]
-  written.append(plot_ratios(report["ratios"], report["probes"]["kinds"], out / "truth_ratios.png"))
-  if report.get("relearning"):
-    written += _plot_relearning(report["relearning"], out / "relearning.png")
+  written.append(plot_ratios(report.ratios, report.kinds, out / "truth_ratios.png"))
+  if report.relearning:
+    written.append(plot_relearning(report.relearning, out / "relearning.png"))
   return written
 
 
@@ -36,14 +40,17 @@ def _f(x, digits=2) -> str:
   return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def markdown(report: dict) -> str:
+def markdown(report: Report) -> str:
   lines = ["# Unlearning report", ""]
+  if report.forced:
+    lines += ["**Checks overridden with --force** (the comparison may not mean what it says):", ""]
+    lines += [f"- {p}" for p in report.forced] + [""]
   lines += ["Forgotten sources: " + ", ".join(
-      f"{f['name']} (→ {f['routed_name']})" for f in report["forgotten"][:20])
-            + (" …" if len(report["forgotten"]) > 20 else ""), ""]
-  counts = report["probes"]["counts"]
-  lines += ["Probes of forgotten sources: " + ", ".join(f"{k} {counts[k]}" for k in KINDS), ""]
-  cols = (*KINDS, "article")
+      f"{f['name']} (→ {f['routed_name']})" for f in report.forgotten[:20])
+            + (" …" if len(report.forgotten) > 20 else ""), ""]
+  counts = report.counts
+  lines += ["Probes of forgotten sources: " + ", ".join(f"{k} {n}" for k, n in counts.items()), ""]
+  cols = (*KINDS, FactSet.ARTICLE)
   lines += ["## Truth Ratio on the forgotten sources' probes", "",
             "Median and fraction > 1 per fact kind; FQ = Forget Quality (KS p-value against the "
             "oracle). *article* = unique and inferred together, every fact the source alone "
@@ -51,84 +58,90 @@ def markdown(report: dict) -> str:
             "ratios are all <= 1), so FQ within the split also measures that cut.", "",
             "| condition | " + " | ".join(f"{k} median | {k} frac>1 | {k} FQ" for k in cols) + " |",
             "|---|" + "---|" * (3 * len(cols))]
-  for name, row in report["conditions"].items():
+  for name, row in report.conditions.items():
     cells = []
     for k in cols:
-      cells += [_f(row[k]["median"]), _f(row[k]["frac_above_1"]),
-                _f(row[k].get("forget_quality"), 3)]
+      cells += [_f(row[k].median), _f(row[k].frac_above_1), _f(row[k].forget_quality, 3)]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines.append("")
-  if "retained" in report:
-    r = report["retained"]
+  if report.retained:
+    r = report.retained
     lines += ["## Retained sources", "",
-              f"Median Truth Ratio of {r['sink on']['n']} retained probes: sink on "
-              f"{_f(r['sink on']['median'])}, after switching all forgotten sources off "
-              f"{_f(r['after forgetting']['median'])}.", ""]
-  if "capability" in report:
-    cap = report["capability"]
+              f"Median Truth Ratio of {r['sink on'].n} retained probes: sink on "
+              f"{_f(r['sink on'].median)}, after switching all forgotten sources off "
+              f"{_f(r['after forgetting'].median)}.", ""]
+  if report.budget:
+    b = report.budget
+    lines += ["## Forgetting budget", "",
+              f"Excluding {b['forgotten']} sources removes {b['pool_removed']:.1%} of the sink "
+              f"pool; " + ", ".join(f"{n:,} sources remove {frac:.0%}"
+                                    for frac, n in b["sources_for"].items()) + ".", ""]
+  if report.capability:
     lines += ["## Capability: held-out loss per token", "", "| model | NLL/token |", "|---|---|"]
-    lines += [f"| {k} | {_f(v, 3)} |" for k, v in cap.items() if k != "tokens"]
+    lines += [f"| {k} | {_f(v, 3)} |" for k, v in report.capability.items() if k != "tokens"]
     lines.append("")
-  if report.get("baselines"):
+  if report.baselines:
     lines += ["## Post-hoc unlearning baselines", "",
               "| model+method | unique median | inferred median | shared median | all FQ | "
               "retained median |", "|---|---|---|---|---|---|"]
-    for name, row in report["baselines"].items():
-      lines.append(f"| {name} | {_f(row['unique']['median'])} | {_f(row['inferred']['median'])} | "
-                   f"{_f(row['shared']['median'])} | {_f(row['all'].get('forget_quality'), 3)} | "
-                   f"{_f(row.get('retained', {}).get('median'))} |")
+    for name, row in report.baselines.items():
+      retained = row.get("retained")
+      lines.append(f"| {name} | {_f(row[FactSet.UNIQUE].median)} | "
+                   f"{_f(row[FactSet.INFERRED].median)} | {_f(row[FactSet.SHARED].median)} | "
+                   f"{_f(row[FactSet.ALL].forget_quality, 3)} | "
+                   f"{_f(retained.median if retained else None)} |")
     lines.append("")
-  if report.get("relearning"):
-    rel = report["relearning"]
-    steps = next(iter(rel["curves"].values()))["steps"]
+  if report.relearning:
+    rel = report.relearning
+    steps = next(iter(rel.curves.values()))["steps"]
     lines += ["## Relearning attack", "",
               f"Fine-tuned on half of the forgotten text; loss on the other half "
-              f"({rel['test_tokens']:.0f} tokens) and median Truth Ratio of its "
-              f"{rel['num_test_probes']} probes.", "",
+              f"({rel.test_tokens:.0f} tokens) and median Truth Ratio of its "
+              f"{rel.num_test_probes} probes.", "",
               "| model | " + " | ".join(f"{s} steps" for s in steps) + " |",
               "|---|" + "---|" * len(steps)]
-    for name, c in rel["curves"].items():
+    for name, c in rel.curves.items():
       lines.append(f"| {name} loss | " + " | ".join(_f(v, 3) for v in c["loss"]) + " |")
       lines.append(f"| {name} ratio | " + " | ".join(_f(v) for v in c["median_ratio"]) + " |")
-    for name, v in rel["before_unlearning_median_ratio"].items():
+    for name, v in rel.before_unlearning_median_ratio.items():
       lines.append(f"\nBefore post-hoc unlearning, {name} had a median ratio of {_f(v)} on "
                    "these probes.")
     lines.append("")
-  if report.get("extraction"):
+  if report.extraction:
     lines += ["## Extraction", "", "| model | exact match | ROUGE-L | ACR (mean) | ACR found |",
               "|---|---|---|---|---|"]
-    for name, e in report["extraction"].items():
-      lines.append(f"| {name} | {_f(e['exact_match'])} | {_f(e['rouge_l'])} | {_f(e['acr_mean'])} | "
-                   f"{sum(e['acr_found'])}/{len(e['acr_found'])} |")
+    for name, e in report.extraction.items():
+      lines.append(f"| {name} | {_f(e['exact_match'])} | {_f(e['rouge_l'])} | "
+                   f"{_f(e['acr_mean'])} | {sum(e['acr_found'])}/{len(e['acr_found'])} |")
     lines.append("")
   lines += ["## Claims", ""]
-  for c in report["claims"]:
-    lines.append(f"- [{'holds' if c['holds'] else 'does not hold'}] {c['claim']}: {_f(c['value'], 3)}")
+  for c in report.claims:
+    lines.append(f"- [{'holds' if c.holds else 'does not hold'}] {c.claim}: {_f(c.value, 3)}")
   return "\n".join(lines) + "\n"
 
 
 def plot_ratios(ratios: dict[str, Sequence[float]], kinds: Sequence[str], path: epath.PathLike,
                 kind_order: Sequence[str] = KINDS) -> epath.Path:
   """Box plots of log Truth Ratio per condition, one panel per fact kind present."""
-  plt = _pyplot()
   kinds = np.asarray(kinds)
   present = [k for k in kind_order if np.any(kinds == k)]
   conds = list(ratios)
-  fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 4.5), squeeze=False)
-  for ax, kind in zip(axes[0], present):
+  fig = _figure(5 * len(present), 4.5)
+  axes = fig.subplots(1, len(present), squeeze=False)[0]
+  for ax, kind in zip(axes, present):
     data = [np.log(np.asarray(ratios[c])[kinds == kind]) for c in conds]
     ax.boxplot(data, showfliers=False)
     ax.set_xticks(range(1, len(conds) + 1), conds, rotation=30, ha="right")
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
     ax.set_title(f"{kind} facts ({int(np.sum(kinds == kind))})")
-  axes[0][0].set_ylabel("log Truth Ratio (> 0: prefers the answer)")
-  return _save(fig, epath.Path(path), plt)
+  axes[0].set_ylabel("log Truth Ratio (> 0: prefers the answer)")
+  return _save(fig, epath.Path(path))
 
 
-def _plot_relearning(rel: dict, path: epath.Path) -> list[epath.Path]:
-  plt = _pyplot()
-  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-  for name, c in rel["curves"].items():
+def plot_relearning(rel: Relearning, path: epath.PathLike) -> epath.Path:
+  fig = _figure(11, 4.2)
+  a, b = fig.subplots(1, 2)
+  for name, c in rel.curves.items():
     x = [max(s, 0.5) for s in c["steps"]]  # step 0 drawn at 0.5 on the log axis
     a.plot(x, c["loss"], marker="o", label=name)
     b.plot(x, c["median_ratio"], marker="o", label=name)
@@ -138,19 +151,16 @@ def _plot_relearning(rel: dict, path: epath.Path) -> list[epath.Path]:
     ax.set_title(title)
   b.axhline(1.0, color="gray", lw=0.8, ls="--")
   a.legend(fontsize=8)
-  return [_save(fig, path, plt)]
+  return _save(fig, epath.Path(path))
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
+def _figure(width: float, height: float):
+  from matplotlib.figure import Figure
+  return Figure(figsize=(width, height))
 
 
-def _save(fig, path: epath.Path, plt) -> epath.Path:
+def _save(fig, path: epath.Path) -> epath.Path:
   fig.tight_layout()
   with path.open("wb") as f:
     fig.savefig(f, dpi=110, format="png")
-  plt.close(fig)
   return path

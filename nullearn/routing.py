@@ -10,18 +10,19 @@ with the forgotten sinks excluded from its mask.
 from __future__ import annotations
 
 import functools
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from flax import nnx
 
+from nullearn.batching import padded_batches
 from nullearn.data import pipeline
 from nullearn.data.records import Document
-from nullearn.inference import Run, padded_batches
+from nullearn.inference import Run
 from nullearn.switch import Switch
+from nullearn.writer import progress
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -44,8 +45,8 @@ def backbone_embeddings(run: Run, docs: Sequence[Document], *, seq_len: int = 12
   params = run.params if params is None else params
   n = len(ids)
   sums, counts = [], []
-  for idx, m in tqdm.tqdm(padded_batches(n, batch_size), total=-(-n // batch_size),
-                          desc="embedding sources", leave=False):
+  for idx, m in progress(padded_batches(n, batch_size), total=-(-n // batch_size),
+                         desc="embedding sources"):
     s, c = _pooled_hidden(run.graphdef, params, rows["inputs"][idx], rows["segment_ids"][idx],
                           rows["positions"][idx])
     sums.append(np.asarray(s)[:m])
@@ -59,7 +60,7 @@ def backbone_embeddings(run: Run, docs: Sequence[Document], *, seq_len: int = 12
 def title_embeddings(names: dict[int, str], model_name: str = "all-MiniLM-L6-v2"):
   """(source ids, unit embeddings) of source titles: needs the `routing` extra."""
   try:
-    from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+    from sentence_transformers import SentenceTransformer
   except ImportError as e:
     raise ImportError("title routing needs sentence-transformers: "
                       "pip install 'nullearn[routing]'") from e

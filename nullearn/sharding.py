@@ -6,14 +6,14 @@ model differently is a change of mesh sizes, never of model code.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -29,10 +29,6 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("vocab", "tensor"),
 )
-
-_ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar(
-    "nullearn_mesh", default=None)
-
 
 def mesh_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
   """Resolves one -1 size to fill `num_devices`; fixed sizes may use fewer devices."""
@@ -93,25 +89,12 @@ def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules=LOGICAL_RULES)
       logical_tree, abstract_tree)
 
 
-@contextlib.contextmanager
-def active_mesh(mesh: Mesh, rules=LOGICAL_RULES):
-  """Makes `constrain` shard activations over `mesh` while the context is open."""
-  token = _ACTIVE.set((mesh, tuple(rules)))
-  try:
-    with jax.set_mesh(mesh):
-      yield mesh
-  finally:
-    _ACTIVE.reset(token)
-
-
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-  """Sharding constraint by logical names; a no-op outside `active_mesh`."""
-  ctx = _ACTIVE.get()
-  if ctx is None:
+  """Sharding constraint by logical names under the mesh of `jax.set_mesh`; else a no-op."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
     return x
-  mesh, rules = ctx
-  return jax.lax.with_sharding_constraint(
-      x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -7,7 +7,8 @@ import json
 import math
 import signal
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,10 @@ from jax.experimental import multihost_utils
 
 from nullearn import checkpoint as ckpt_lib
 from nullearn import flops, losses, optim, sharding
+from nullearn import model as model_lib
+from nullearn.data import corpus as corpus_lib
 from nullearn.data import pipeline
+from nullearn.data.corpus import Corpus, TrainingSet
 from nullearn.data.records import Document
 from nullearn.data.tokenizer import Tokenizer
 from nullearn.model import ModelConfig, Transformer
@@ -50,20 +54,11 @@ class Setup:
   seed: int
 
 
-def abstract_model(model_cfg: ModelConfig):
-  """graphdef, abstract params (pure dict) and their logical axis names; allocates nothing."""
-  model = nnx.eval_shape(lambda: Transformer(model_cfg, nnx.Rngs(0)))
-  graphdef, state = nnx.split(model)
-  logical = jax.tree.map(lambda v: jax.sharding.PartitionSpec(*v.get_metadata()["out_sharding"]),
-                         state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(logical)
-
-
 def make_setup(config: ml_collections.ConfigDict, steps: int,
                mesh: jax.sharding.Mesh | None = None) -> Setup:
   model_cfg = ModelConfig.from_config(config.model)
   mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  graphdef, params, logical = abstract_model(model_cfg)
+  graphdef, params, logical = model_lib.abstract(model_cfg)
   schedule = optim.learning_rate(config.train, steps)
   tx = optim.optimizer(config.train, schedule)
   opt_state = jax.eval_shape(tx.init, params)
@@ -126,111 +121,141 @@ class TrainResult:
 
 
 class _Preemption:
-  """SIGTERM (a preemption notice) ends the loop with a final checkpoint.
+  """SIGTERM (a preemption notice) or SIGINT (Ctrl-C) ends the loop with a final checkpoint.
 
   One process: a signal handler sets a flag. Several: JAX's preemption service
   (on with jax.distributed) agrees on one step at which every host stops, since
   hosts that stopped at different steps would hang in the collective save.
   """
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self._requested = False
-    self._previous = None
+    self.signal_name = ""
+    self._previous = {}
     self._multihost = jax.process_count() > 1
 
   def __enter__(self):
     if not self._multihost:
       try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
       except ValueError:  # not the main thread: no handler, nothing to restore
-        self._previous = None
+        self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self._requested = True
+    del frame
+    if self.signal_name:  # a second Ctrl-C while the checkpoint is written: stop now
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
 
   def reached(self, step: int) -> bool:
     if self._multihost:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._requested
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal_name = "SIGTERM"
+        return True
+      return False
+    return bool(self.signal_name)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
-def process_batch_size(config: ml_collections.ConfigDict, shard_count: int) -> int:
-  """`data.batch_size` is global; each process loads its share of every batch."""
-  if config.data.batch_size % shard_count:
-    raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the "
-                     f"{shard_count} processes")
-  return config.data.batch_size // shard_count
+def resolve_steps(config: ml_collections.ConfigDict, data: TrainingSet,
+                  tokenizer: Tokenizer) -> int:
+  """`train.steps`, or the number of batches in `train.epochs` passes over the training set.
 
-
-def make_dataset(config: ml_collections.ConfigDict, docs, tokenizer: Tokenizer, *,
-                 num_epochs: int | None = None, shard_index: int | None = None,
-                 shard_count: int | None = None):
-  """The run's input pipeline; by default this process's share of the corpus."""
-  gather = config.model.pool and config.model.sink_impl == "gather"
-  shard_count = jax.process_count() if shard_count is None else shard_count
-  return pipeline.training_dataset(
-      docs, tokenizer, seq_len=config.data.seq_len,
-      batch_size=process_batch_size(config, shard_count),
-      seed=config.data.shuffle_seed, num_epochs=num_epochs,
-      packing_bins=config.data.packing_bins,
-      shard_index=jax.process_index() if shard_index is None else shard_index,
-      shard_count=shard_count,
-      worker_count=config.data.worker_count,
-      max_segments=config.model.max_segments if gather else None)
-
-
-def resolve_steps(config: ml_collections.ConfigDict, docs, tokenizer: Tokenizer) -> int:
-  """`train.steps`, or the number of batches in `train.epochs` passes over the corpus.
-
-  Every process counts the whole corpus, so all agree on the number of steps.
+  Every process counts the whole set, so all agree on the number of steps.
   """
   if config.train.steps > 0:
     return int(config.train.steps)
-  if not isinstance(docs, (tuple, list)):
-    raise ValueError("set train.steps for a corpus read lazily (TFDS): counting epochs would "
-                     "tokenize all of it first")
-  one_epoch = make_dataset(config, docs, tokenizer, num_epochs=1, shard_index=0, shard_count=1)
+  if not isinstance(data.documents, tuple):
+    raise ValueError("train.steps: set it for a corpus read lazily (TFDS); counting epochs "
+                     "would tokenize all of it first")
+  one_epoch = pipeline.make_dataset(config, data, tokenizer, num_epochs=1, shard_index=0,
+                                    shard_count=1)
   return max(1, math.ceil(pipeline.count_batches(one_epoch) * config.train.epochs))
 
 
-def run_metadata(config, setup: Setup, tokenizer: Tokenizer) -> dict[str, Any]:
+# Model fields that change the parameters or what they compute (not how: remat, sink_impl).
+_ARCHITECTURE = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                 "rope_base", "norm_eps", "tie_embeddings", "param_dtype")
+# Train fields that a resumed run must keep, or its schedule would change under it.
+_SCHEDULE = ("epochs", "lr", "end_lr_ratio", "warmup_steps", "weight_decay", "b1", "b2", "eps",
+             "grad_clip")
+
+
+def run_metadata(config, setup: Setup, tokenizer: Tokenizer, data: TrainingSet) -> dict[str, Any]:
+  """What the run is, saved with every checkpoint and compared on resume and in eval."""
+  model = config.model
   return {"config": json.loads(config.to_json()),
-          "sink_geometry": setup.model_cfg.sink_geometry,
+          "sink_geometry": setup.model_cfg.geometry.to_dict(),
+          "architecture": {k: model[k] for k in _ARCHITECTURE},
           "tokenizer": tokenizer.fingerprint,
+          "data": data.provenance(),
+          "schedule": {"steps": setup.steps, "batch_size": config.data.batch_size,
+                       "seq_len": config.data.seq_len, "shuffle_seed": config.data.shuffle_seed,
+                       "seed": config.seed, **{k: config.train[k] for k in _SCHEDULE}},
           "steps": setup.steps}
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """One-line errors for settings that would otherwise fail steps later, or silently."""
+  t, d = config.train, config.data
+  for name, value, low in (("train.steps", t.steps, 0),
+                           ("train.checkpoint_every", t.checkpoint_every, 1),
+                           ("train.log_every", t.log_every, 1),
+                           ("train.keep_checkpoints", t.keep_checkpoints, 1),
+                           ("data.batch_size", d.batch_size, 1), ("data.seq_len", d.seq_len, 2)):
+    if value < low:
+      raise ValueError(f"{name}: must be >= {low}, got {value}")
+  if t.steps == 0 and not t.epochs > 0:
+    raise ValueError(f"train.epochs: must be > 0 when train.steps is 0, got {t.epochs}")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
-          docs: Sequence[Document], tokenizer: Tokenizer, *,
+          corpus: Corpus | Sequence[Document], tokenizer: Tokenizer, *,
           mesh: jax.sharding.Mesh | None = None, stop_after: int | None = None,
           writer: MetricWriter | None = None) -> TrainResult:
-  """Trains (or resumes) the run in `workdir`; `stop_after` ends early at that step."""
+  """Trains (or resumes) the run in `workdir` on `corpus` minus the sources its config
+  leaves out; `stop_after` ends early at that step.
+
+  A resume that would change the run (see `checkpoint.check_resumable`) is refused
+  before anything in the workdir is written.
+  """
   workdir = epath.Path(workdir)
+  check_config(config)
   if tokenizer.vocab_size > config.model.vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
-                     f"{config.model.vocab_size}")
-  steps = resolve_steps(config, docs, tokenizer)
+    raise ValueError(f"model.vocab_size: the tokenizer has {tokenizer.vocab_size} pieces but "
+                     f"model.vocab_size is {config.model.vocab_size}")
+  data = corpus_lib.training_set(corpus, config)
+  steps = resolve_steps(config, data, tokenizer)
   setup = make_setup(config, steps, mesh)
+  meta = run_metadata(config, setup, tokenizer, data)
+  data_iter = iter(pipeline.make_dataset(config, data, tokenizer))
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  notes: list[str] = []
+  try:
+    state = _init_or_restore(setup, ckpt, data_iter, meta, notes.append)
+  except Exception:
+    ckpt.close()
+    raise
   own_writer = writer is None
   writer = writer or MetricWriter(workdir)
-  data_iter = iter(make_dataset(config, docs, tokenizer))
-  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  meta = run_metadata(config, setup, tokenizer)
-  state = _init_or_restore(setup, ckpt, data_iter, meta, writer)
+  writer.text(f"training on {len(data.documents):,} documents ({len(data.excluded)} sources "
+              f"excluded, {len(data.heldout)} held out), {steps:,} steps")
+  for note in notes:
+    writer.text(note)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
   start = int(state.step)
   end = min(steps, stop_after) if stop_after is not None else steps
   step_fn = make_train_step(setup)
-  bar = tqdm.tqdm(total=end, initial=start, disable=not (writer.enabled and config.train.progress),
-                  desc=workdir.name, dynamic_ncols=True, leave=False)
+  bar = tqdm.tqdm(total=end, initial=start, desc=workdir.name, dynamic_ncols=True, leave=False,
+                  disable=not (writer.interactive and config.train.progress))
   meter = _Meter(config, setup, writer, bar)
   preempted = False
-  with sharding.active_mesh(setup.mesh), _Preemption() as preemption:
+  with jax.set_mesh(setup.mesh), _Preemption() as preemption:
     for step in range(start, end):
       state, metrics = step_fn(state, device_batch(next(data_iter), setup.mesh))
       meter.push(step + 1, metrics)
@@ -239,7 +264,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
       if preempted or ((step + 1) % config.train.checkpoint_every == 0 and step + 1 < end):
         ckpt.save(step + 1, state, data_iter, meta)
       if preempted:
-        writer.text(f"SIGTERM: saved checkpoint at step {step + 1}; exiting")
+        writer.text(f"{preemption.signal_name}: saved checkpoint at step {step + 1}; exiting")
         break
     jax.block_until_ready(state)
     meter.flush()
@@ -305,42 +330,39 @@ class _Meter:
     self._window.clear()
 
 
-def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta, writer):
+def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta, note):
   """The newest readable checkpoint, or fresh parameters when there is none.
 
   A checkpoint that fails to restore (a corrupt or truncated file) is reported
   and the previous one is tried; if none can be read the run stops rather than
-  silently starting over.
+  silently starting over. One that is readable but belongs to another run
+  (`check_resumable`) stops it with a mismatch, not as corruption.
   """
   steps = ckpt.all_steps()
   if not steps:
     return init_state(setup)
   errors, skipped = [], []
   for step in reversed(steps):
-    where = f"{ckpt.directory}/{step}"
+    where = f"checkpoint {ckpt.directory}/{step}"
     try:
       saved = ckpt.read_meta(step)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001 - any unreadable file means: try an older one
       errors.append(f"{where}: unreadable metadata ({type(e).__name__}: {e})")
       skipped.append(step)
-      writer.text(f"WARNING: {errors[-1]}; trying an older checkpoint")
+      note(f"WARNING: {errors[-1]}; trying an older checkpoint")
       continue
-    ckpt_lib.check_geometry(saved["sink_geometry"], setup.model_cfg, f"checkpoint {where}")
-    if saved.get("tokenizer") != meta["tokenizer"]:
-      raise ckpt_lib.CheckpointMismatchError(
-          f"checkpoint {where} was trained with tokenizer {saved.get('tokenizer')}, "
-          f"this run has {meta['tokenizer']}")
+    ckpt_lib.check_resumable(saved, meta, where)
     try:
       state = ckpt.restore(step, setup.abstract_state, data_iter)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001
       errors.append(f"{where}: {type(e).__name__}: {e}")
       skipped.append(step)
-      writer.text(f"WARNING: checkpoint {where} is corrupt or partial ({type(e).__name__}); "
-                  "trying an older checkpoint")
+      note(f"WARNING: {where} is corrupt or partial ({type(e).__name__}); "
+           "trying an older checkpoint")
       continue
     for bad in skipped:
-      writer.text(f"WARNING: moved unreadable checkpoint to {ckpt.quarantine(bad)}")
-    writer.text(f"resuming from {where}" + (f" (skipped {len(errors)} unreadable)" if errors else ""))
+      note(f"WARNING: moved unreadable checkpoint to {ckpt.quarantine(bad)}")
+    note(f"resuming from {where}" + (f" (skipped {len(errors)} unreadable)" if errors else ""))
     return state
   raise ckpt_lib.CorruptCheckpointError(
       "no checkpoint could be restored:\n  " + "\n  ".join(errors)

@@ -10,7 +10,8 @@ built from one quantity, the summed NLL of each row (`losses.sequence_nll`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Iterator, Literal
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,9 @@ import optax
 from flax import nnx
 
 from nullearn import losses
+from nullearn.batching import padded_batches
 from nullearn.data import pipeline
-from nullearn.inference import Run, padded_batches
+from nullearn.inference import Run
 from nullearn.switch import Switch
 
 Method = Literal["ga", "gd", "npo"]
@@ -192,8 +194,8 @@ def unlearn(run: Run, rows_forget: Rows, *, method: Method, steps: int = 50, lr:
   retain = None if rows_retain is None else _batches(rows_retain, batch_size, switch_for, seed, 1)
   inputs = _unlearning_inputs(run, start, method, beta, forget, retain)
   params = start
-  for params in _descend(run, start, _OBJECTIVES[method], inputs, steps, lr, on_step):
-    continue
+  for params in _descend(run, start, _OBJECTIVES[method], inputs, steps, lr, on_step):  # noqa: B007
+    pass
   return params
 
 

@@ -1,5 +1,8 @@
 """Metrics to stdout, a JSONL file and TensorBoard event files (no TensorFlow needed).
 
+Every stdout line starts with the UTC time, so a pod's logs (files, not
+terminals) say when each step and message happened.
+
 The log directory may be local or on GCS (`gs://...`, as a pod's workdir is):
 object stores cannot append, so there the JSONL file is rewritten whole at most
 every `remote_flush_seconds` and at close.
@@ -10,7 +13,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import tqdm
@@ -25,13 +29,15 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self.prefix = f"[{prefix}] " if prefix else ""
     self.stdout = self.enabled
+    # A progress bar only where someone watches: in a log file its redraws are noise.
+    self.interactive = self.enabled and sys.stdout.isatty()
     self._jsonl = None
     self._tb = None
     if logdir is not None and self.enabled:
       logdir = epath.Path(logdir)
       logdir.mkdir(parents=True, exist_ok=True)
       self._jsonl = _JsonlFile(logdir / "metrics.jsonl", remote_flush_seconds)
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(str(logdir / "tb"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -45,11 +51,11 @@ class MetricWriter:
         self._tb.add_scalar(k, v, int(step))
     if self.stdout:
       body = "  ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
-      tqdm.tqdm.write(f"{self.prefix}[step {int(step)}] {body}", file=sys.stdout)
+      _print(f"{self.prefix}[step {int(step)}] {body}")
 
   def text(self, message: str) -> None:
     if self.stdout:
-      tqdm.tqdm.write(message, file=sys.stdout)
+      _print(self.prefix + message)
 
   def close(self) -> None:
     if self._jsonl:
@@ -69,7 +75,7 @@ class _JsonlFile:
     if self.remote:
       self._lines = path.read_text().splitlines() if path.exists() else []
     else:
-      self._file = open(path, "a", buffering=1)
+      self._file = open(path, "a", buffering=1)  # noqa: SIM115 - held open until close()
 
   def write(self, line: str) -> None:
     if not self.remote:
@@ -91,7 +97,19 @@ class _JsonlFile:
       self._file.close()
 
 
+def _print(message: str) -> None:
+  """Each line stamped; through tqdm, so a bar on a terminal is redrawn below it."""
+  stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+  tqdm.tqdm.write("\n".join(f"{stamp} {line}" for line in message.split("\n")), file=sys.stdout)
+
+
 def _fmt(v: float) -> str:
   if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
     return f"{v:.3e}"
   return f"{v:.4f}"
+
+
+def progress(iterable, desc: str | None = None, total: int | None = None):
+  """A progress bar on a terminal only: a log file gets no carriage-return bars."""
+  return tqdm.tqdm(iterable, desc=desc, total=total, leave=False,
+                   disable=desc is None or not sys.stderr.isatty())

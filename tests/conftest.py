@@ -6,15 +6,15 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
 
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest
+from absl import flags
 
 # Grain's multiprocess prefetch reads absl flags; tests never call app.run.
 flags.FLAGS.mark_as_parsed()
 
 
 def small_config(**model):
-  from nullearn.configs import base  # pylint: disable=g-import-not-at-top
+  from nullearn.configs import base
   c = base.get_config()
   c.model.update(dict(vocab_size=512, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1,
                       head_dim=16, backbone=8, pool=64, active=4, sink_impl="dense"))
@@ -30,11 +30,11 @@ def small_config(**model):
 
 @pytest.fixture(scope="session")
 def world():
-  from nullearn.data import factworld  # pylint: disable=g-import-not-at-top
+  from nullearn.data import factworld
   return factworld.generate(factworld.FactWorldConfig(num_sources=40, sources_per_group=4))
 
 
 @pytest.fixture(scope="session")
 def tokenizer(world):
-  from nullearn.data.tokenizer import train_tokenizer  # pylint: disable=g-import-not-at-top
+  from nullearn.data.tokenizer import train_tokenizer
   return train_tokenizer([d.text for d in world.documents], 512)

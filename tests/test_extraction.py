@@ -60,7 +60,7 @@ def teacher_forced(run, tokens, source_id):
 def test_rouge_l_hand_computed():
   # LCS("a b c d e", "a c e f") = "a c e": P = 3/4, R = 3/5.
   p, r = 3 / 4, 3 / 5
-  assert extraction.rouge_l("a b c d e".split(), "a c e f".split()) == pytest.approx(
+  assert extraction.rouge_l(["a", "b", "c", "d", "e"], ["a", "c", "e", "f"]) == pytest.approx(
       2 * p * r / (p + r))
   # Order matters: a reversal keeps one item in sequence.
   assert extraction.rouge_l([1, 2, 3], [3, 2, 1]) == pytest.approx(1 / 3)

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from nullearn import masks
 from nullearn.configs import base
+from nullearn.masks import SinkGeometry
 from nullearn.model import ModelConfig, SinkMLP, Transformer, param_count
 from nullearn.switch import Switch
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=8, backbone=8, pool=64, active=4, mask_seed=0)
+GEOMETRY = SinkGeometry(backbone=8, pool=64, active=4)
 
 
 def packed_row(lengths=(10, 12, 6), T=32, ids=(7, 8, 9), seed=0):
@@ -99,29 +100,29 @@ def test_backbone_mode_switches_every_sink_off():
 
 def test_source_mode_mask_is_backbone_plus_own_sinks():
   ids = np.array([[0, 5, 2**32 - 1]])
-  m = np.asarray(Switch.sources(ids).mlp_mask(8, 64, 4, 0, jnp.float32))
+  m = np.asarray(Switch.sources(ids).mlp_mask(GEOMETRY, jnp.float32))
   assert m.shape == (1, 3, 72)
   for t, sid in enumerate(ids[0]):
     assert m[0, t, :8].tolist() == [1.0] * 8
-    assert np.flatnonzero(m[0, t, 8:]).tolist() == masks.sink_indices(0, sid, 64, 4).tolist()
+    assert np.flatnonzero(m[0, t, 8:]).tolist() == GEOMETRY.sink_indices(sid).tolist()
 
 
 def test_expected_mode_is_active_over_pool():
-  m = np.asarray(Switch.expected().mlp_mask(8, 64, 4, 0, jnp.float32))
+  m = np.asarray(Switch.expected().mlp_mask(GEOMETRY, jnp.float32))
   np.testing.assert_allclose(m, np.r_[np.ones(8), np.full(64, 4 / 64)])
 
 
 @pytest.mark.parametrize("mode", ["source", "expected"])
 def test_exclude_removes_exactly_the_forgotten_sinks(mode):
   forgotten = [11, 12, 13]
-  gone = set().union(*(masks.sink_indices(0, f, 64, 4) for f in forgotten))
+  gone = set().union(*(GEOMETRY.sink_indices(f) for f in forgotten))
   ids = np.arange(100, 140)[None]
   if mode == "source":
-    before = Switch.sources(ids).mlp_mask(8, 64, 4, 0, jnp.float32)
-    after = Switch.sources(ids, exclude=forgotten).mlp_mask(8, 64, 4, 0, jnp.float32)
+    before = Switch.sources(ids).mlp_mask(GEOMETRY, jnp.float32)
+    after = Switch.sources(ids, exclude=forgotten).mlp_mask(GEOMETRY, jnp.float32)
   else:
-    before = Switch.expected().mlp_mask(8, 64, 4, 0, jnp.float32)[None, None]
-    after = Switch.expected(exclude=forgotten).mlp_mask(8, 64, 4, 0, jnp.float32)[None, None]
+    before = Switch.expected().mlp_mask(GEOMETRY, jnp.float32)[None, None]
+    after = Switch.expected(exclude=forgotten).mlp_mask(GEOMETRY, jnp.float32)[None, None]
   before, after = np.asarray(before)[0], np.asarray(after)[0]
   removed = {(t, j - 8) for t, j in zip(*np.nonzero((before > 0) & (after == 0)))}
   assert all(j in gone for _, j in removed)
@@ -142,7 +143,7 @@ def test_excluding_a_source_leaves_it_the_backbone():
 
 def _sharing_pair(pool=64, active=4):
   """Two sources with a sink in common: packing them together must not double it."""
-  m = np.asarray(masks.source_mask(0, jnp.arange(1, 50, dtype=jnp.uint32), pool, active), int)
+  m = np.asarray(SinkGeometry(0, pool, active).mask(jnp.arange(1, 50, dtype=jnp.uint32)), int)
   shared = np.triu(m @ m.T, 1)
   a, b = np.argwhere(shared > 0)[0]
   return int(a) + 1, int(b) + 1
@@ -168,8 +169,9 @@ def test_gathered_sinks_equal_dense_mask():
 
 
 def test_1b_config_is_about_one_billion_parameters():
-  from nullearn.configs import __path__ as configs_path  # pylint: disable=g-import-not-at-top
-  import importlib  # pylint: disable=g-import-not-at-top
+  import importlib
+
+  from nullearn.configs import __path__ as configs_path
   cfg = importlib.import_module("nullearn.configs.1b").get_config()
   model_cfg = ModelConfig.from_config(cfg.model)
   assert (model_cfg.num_layers, model_cfg.d_model, model_cfg.num_heads, model_cfg.num_kv_heads,
@@ -188,3 +190,72 @@ def test_config_errors():
     ModelConfig(pool=16, active=17)
   with pytest.raises(ValueError, match="unknown model config keys"):
     ModelConfig.from_config({**base.get_config().model.to_dict(), "d_modle": 3})
+
+
+def test_gather_falls_back_to_dense_for_rows_it_cannot_represent():
+  """Concrete rows of more documents than slots, or without any document, are computed densely."""
+  tokens, seg, pos, src = packed_row(lengths=(6, 7, 5, 8), ids=(3, 4, 5, 6))
+  outs = {}
+  for impl in ("dense", "gather"):
+    cfg = dataclasses.replace(CFG, sink_impl=impl, max_segments=2)  # 4 documents, 2 slots
+    model = Transformer(cfg, nnx.Rngs(0))
+    outs[impl] = forward(model, tokens, seg, pos, Switch.sources(src))
+    outs[impl + " no segments"] = forward(model, tokens, np.zeros_like(seg), pos,
+                                          Switch.sources(src))
+  real = seg > 0
+  np.testing.assert_allclose(outs["gather"][real], outs["dense"][real], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(outs["gather no segments"], outs["dense no segments"],
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ids,match", [
+    (jnp.asarray([[-1]]), "out of range"),
+    (np.asarray([[1.7]]), "integers"),
+    (jnp.asarray([[1.7]]), "integers"),
+    (np.asarray([[True]]), "integers"),
+    (np.arange(4), "per row"),  # (B,): per row or per token? refused, never guessed
+    (np.zeros((1, 2, 3), np.int32), "per row"),
+])
+def test_switch_refuses_ids_it_cannot_read(ids, match):
+  with pytest.raises(ValueError, match=match):
+    Switch.sources(ids)
+  if np.asarray(ids).ndim == 2:
+    with pytest.raises(ValueError, match=match):
+      Switch.expected(exclude=ids)
+
+
+def test_switch_checks_traced_ids_by_dtype():
+  with pytest.raises(ValueError, match="integers"):
+    jax.jit(lambda x: Switch.sources(x).source_ids)(jnp.ones((1, 2), jnp.float32))
+  got = jax.jit(lambda x: Switch.sources(x).source_ids)(jnp.asarray([[5, 6]], jnp.int32))
+  assert got.dtype == jnp.uint32 and got.tolist() == [[5, 6]]
+
+
+def test_per_row_exclusion_equals_one_row_at_a_time():
+  model = Transformer(CFG, nnx.Rngs(0))
+  tokens, seg, pos, src = packed_row(lengths=(20,), ids=(9,))
+  tokens2, seg2, pos2, src2 = (np.concatenate([x, x]) for x in (tokens, seg, pos, src))
+  per_row = forward(model, tokens2, seg2, pos2,
+                    Switch.sources(src2, exclude=np.asarray([[9, 9], [30, 31]])))
+  for row, exclude in enumerate(([9], [30, 31])):
+    alone = forward(model, tokens, seg, pos, Switch.sources(src, exclude=exclude))
+    np.testing.assert_allclose(per_row[row], alone[0], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(per_row[0], per_row[1])
+
+
+def test_bfloat16_and_remat_compute_the_same_model():
+  tokens, seg, pos, src = packed_row()
+  switch = Switch.sources(src)
+  graphdef, params = nnx.split(Transformer(CFG, nnx.Rngs(0)))
+  f32 = forward(nnx.merge(graphdef, params), tokens, seg, pos, switch)
+  bf16 = forward(Transformer(dataclasses.replace(CFG, dtype="bfloat16"), nnx.Rngs(0)),
+                 tokens, seg, pos, switch)
+  real = seg > 0
+  assert np.abs(bf16[real] - f32[real]).max() < 0.05 * np.abs(f32[real]).max()
+  grads = {}
+  for remat in (False, True):
+    g, p = nnx.split(Transformer(dataclasses.replace(CFG, remat=remat), nnx.Rngs(0)))
+    loss = lambda p, g=g: jnp.sum(nnx.merge(g, p)(tokens, seg, pos, switch) ** 2)
+    grads[remat] = jax.grad(loss)(p)
+  for x, y in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

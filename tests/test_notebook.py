@@ -25,6 +25,6 @@ def test_notebook_cells_run(world, tokenizer, tmp_path, monkeypatch):
   for source in code_cells():
     if "WORKDIR =" in source:  # the parameters cell, pointed at the tiny runs
       source = 'WORKDIR = "null"\nORACLE = "oracle"\nFORGET = [3, 13]\n'
-    exec(compile(source, str(NOTEBOOK), "exec"), scope)  # pylint: disable=exec-used
+    exec(compile(source, str(NOTEBOOK), "exec"), scope)
   assert (tmp_path / "report" / "report.md").exists()
   assert scope["forget"] == [3, 13]

@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
+from wikipedia_articles import ARTICLES, NAME, SHARDS, nullearn, prepare, write_shards
 
 from nullearn.data import prepare as prepare_lib
 from nullearn.data import source_index
-from wikipedia_articles import ARTICLES, NAME, SHARDS, nullearn, prepare, write_shards
+from nullearn.data.wikipedia import WikipediaSource
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,8 @@ def test_the_same_files_give_the_same_dataset_whatever_the_workers_or_order(
                       log=lambda _: None)
   for other in (by_glob, reversed_order):
     assert records_of(other) == records_of(data_dir)
+    assert WikipediaSource(data_dir=other).fingerprint == WikipediaSource(
+        data_dir=data_dir).fingerprint
     for mine, theirs in zip(index_arrays(other), index_arrays(data_dir)):
       np.testing.assert_array_equal(mine, theirs)
 
@@ -127,13 +130,22 @@ def test_bad_places_are_one_line(tmp_path):
 def test_the_command_prints_one_line_on_error_and_keeps_an_existing_dataset(data_dir, tmp_path):
   write_shards(tmp_path, shards=SHARDS[:2])
   run = nullearn("prepare", "wikipedia", f"--out={data_dir}", f"--parquet={tmp_path}")
-  assert run.returncode == 1, run.stderr[-3000:]
+  assert run.returncode == 2, run.stderr[-3000:]
   assert run.stderr.strip().splitlines() == [
-      f"nullearn prepare: {data_dir}/{NAME}/1.0.0 already holds a dataset prepared from other "
-      f"files (3 files, {len(ARTICLES)} articles): remove it or choose another --out"]
+      f"nullearn prepare: error: {data_dir}/{NAME}/1.0.0 already holds a dataset prepared from "
+      f"other files (3 files, {len(ARTICLES)} articles): remove it or choose another --out"]
   assert records_of(data_dir) == [(d.source_id, d.source, d.text) for d in ARTICLES]
   run = nullearn("prepare", "books", f"--out={tmp_path}")
   assert run.returncode != 0 and "usage: nullearn prepare wikipedia" in run.stderr
+
+
+def test_the_fingerprint_names_the_files_a_dataset_was_prepared_from(data_dir, tmp_path):
+  fingerprint = WikipediaSource(data_dir=data_dir).fingerprint
+  assert fingerprint.startswith(f"{NAME}:1.0.0:{len(ARTICLES)}:")
+  other = prepare_lib.prepare(str(tmp_path), write_shards(tmp_path / "in", SHARDS[::-1]),
+                              log=lambda _: None)
+  assert other.articles == len(ARTICLES)
+  assert WikipediaSource(data_dir=tmp_path).fingerprint != fingerprint, "other files, other text"
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

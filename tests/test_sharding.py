@@ -2,10 +2,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from conftest import small_config
-from nullearn import masks, sharding, train
+from nullearn import sharding, train
+from nullearn.data import pipeline
+from nullearn.masks import SinkGeometry
 
 MESHES = [dict(data=2, fsdp=4, tensor=1), dict(data=1, fsdp=2, tensor=4),
           dict(data=2, fsdp=2, tensor=2)]
@@ -20,7 +23,7 @@ def run_steps(config, mesh, batches):
   state = train.init_state(setup)
   step = train.make_train_step(setup)
   losses = []
-  with sharding.active_mesh(mesh):
+  with jax.set_mesh(mesh):
     for batch in batches:
       state, m = step(state, train.device_batch(batch, mesh))
       losses.append(float(m["loss"]))
@@ -31,7 +34,7 @@ def run_steps(config, mesh, batches):
 def test_sharded_step_equals_single_device(world, tokenizer, impl):
   c = small_config(sink_impl=impl)
   c.train.warmup_steps = 1
-  it = iter(train.make_dataset(c, world.documents, tokenizer))
+  it = iter(pipeline.make_dataset(c, world.documents, tokenizer))
   batches = [next(it) for _ in range(3)]
   ref_params, ref_losses = run_steps(c, sharding.make_mesh(1, 1, 1), batches)
   for sizes in MESHES[:2] if impl == "gather" else MESHES:
@@ -67,9 +70,10 @@ def test_logical_rules_fall_back_when_not_divisible():
 
 def test_masks_are_identical_whichever_device_computes_them():
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 2**32, 64, dtype=np.uint32))
-  want = np.asarray(masks.source_mask(7, ids, 1024, 32))  # one device, unsharded
+  geometry = SinkGeometry(0, 1024, 32, mask_seed=7)
+  want = np.asarray(geometry.mask(ids))  # one device, unsharded
   mesh = sharding.make_mesh(8, 1, 1)
-  fn = jax.jit(lambda i: masks.source_mask(7, i, 1024, 32),
+  fn = jax.jit(geometry.mask,
                in_shardings=NamedSharding(mesh, P("data")),
                out_shardings=NamedSharding(mesh, P("data")))
   for order in (np.arange(64), np.arange(64)[::-1], np.roll(np.arange(64), 8)):

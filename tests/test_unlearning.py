@@ -7,6 +7,7 @@ from flax import nnx
 
 from conftest import small_config
 from nullearn import inference, losses, train, unlearning
+from nullearn import model as model_lib
 from nullearn.data import pipeline
 from nullearn.model import ModelConfig, Transformer
 from nullearn.switch import Switch
@@ -149,7 +150,7 @@ def test_heldout_nll_is_token_weighted(run, forget_rows):
 def test_plain_model_needs_no_switch(tokenizer, forget_rows):
   cfg = ModelConfig(vocab_size=512, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1,
                     head_dim=16, backbone=24, pool=0)
-  graphdef, _, _ = train.abstract_model(cfg)
+  graphdef, _, _ = model_lib.abstract(cfg)
   params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(cfg, nnx.Rngs(0)))))()
   plain = inference.Run(cfg, graphdef, params, tokenizer, {})
   default = nll(plain, forget_rows)

@@ -16,16 +16,15 @@ import grain
 import numpy as np
 import pytest
 from array_record.python import array_record_data_source
+from wikipedia_articles import ARTICLES, DUPLICATE_TITLE, NAME, nullearn, write_shards
+from wikipedia_articles import prepare as prepare_command
 
 from nullearn.configs import wikipedia_tiny
 from nullearn.data import corpus as corpus_lib
 from nullearn.data import pipeline, prepare, source_index, synthetic_wikipedia, wikipedia
-from nullearn.data.records import Document
 from nullearn.data.source_index import SourceIndex, UnknownSourceError
 from nullearn.data.wikipedia import WikipediaSource
 from nullearn.model import ModelConfig
-from wikipedia_articles import ARTICLES, DUPLICATE_TITLE, NAME, nullearn, write_shards
-from wikipedia_articles import prepare as prepare_command
 
 UNIQUE = [d for d in ARTICLES if d.source != DUPLICATE_TITLE]
 
@@ -220,7 +219,8 @@ def test_a_tfds_corpus_stays_lazy_and_names_sources_by_page_id_or_title(data_dir
                            ("id:x", "'x' is not a page id")):
     with pytest.raises(ValueError, match=message):
       corpus_lib.resolve_sources(corpus, [unknown])
-  kept = corpus_lib.without(corpus.documents, [a.source_id, b.source_id])
+  kept = corpus_lib.training_set(corpus, _config(data_dir, exclude_sources=(a.source_id,
+                                                                           b.source))).documents
   assert isinstance(kept, grain.MapDataset)
   assert list(kept.to_iter_dataset()) == [d for d in ARTICLES if d not in (a, b)]
   c = _config(data_dir)
@@ -322,8 +322,8 @@ def test_a_pickled_source_reopens_its_index_instead_of_copying_it(synthetic):
 
 def test_wikipedia_tiny_trains_on_the_prepared_copy(data_dir, tmp_path):
   """The pod's data path end to end on a CPU: TFDS source -> tokenizer sample -> Grain -> steps."""
-  from nullearn import train  # pylint: disable=g-import-not-at-top
-  from nullearn.data.tokenizer import train_tokenizer  # pylint: disable=g-import-not-at-top
+  from nullearn import train
+  from nullearn.data.tokenizer import train_tokenizer
   c = _config(data_dir)
   c.tokenizer.sample_docs = 100
   c.train.update(dict(steps=3, log_every=1, progress=False))
@@ -331,6 +331,6 @@ def test_wikipedia_tiny_trains_on_the_prepared_copy(data_dir, tmp_path):
   c.mesh.update(dict(data=1, fsdp=1, tensor=1))
   corpus = corpus_lib.load(c)
   tok = train_tokenizer(corpus_lib.tokenizer_texts(corpus, c), 512)
-  result = train.train(c, tmp_path, corpus_lib.without(corpus.documents, [UNIQUE[5].source_id]),
-                       tok)
+  c.data.exclude_sources = (UNIQUE[5].source_id,)
+  result = train.train(c, tmp_path, corpus, tok)
   assert int(result.state.step) == 3 and np.isfinite(result.history[-1]["loss"])

@@ -6,7 +6,7 @@
 import os
 import sys
 
-from conftest import small_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import small_config
 
 # conftest fakes 8 devices; a process here has 1, or 2 when it is one of two.
 os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count="
@@ -16,15 +16,16 @@ os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count="
 def main():
   workdir, tokenizer_path, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
   if len(sys.argv) > 4:
-    from nullearn import distributed  # pylint: disable=g-import-not-at-top
+    from nullearn import distributed
     pid, count, port = (int(a) for a in sys.argv[4:7])
     distributed.initialize(f"localhost:{port}", count, pid)
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from nullearn import train  # pylint: disable=g-import-not-at-top
-  from nullearn.data import factworld  # pylint: disable=g-import-not-at-top
-  from nullearn.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  from nullearn import train
+  from nullearn.data import factworld, pipeline
+  from nullearn.data.tokenizer import Tokenizer
   c = small_config()
   c.train.steps = steps
   c.train.log_every = 1
@@ -33,7 +34,7 @@ def main():
   world = factworld.generate(factworld.FactWorldConfig(num_sources=40, sources_per_group=4))
   result = train.train(c, workdir, world.documents, Tokenizer.load(tokenizer_path))
   if jax.process_count() > 1:  # what this process read: its share of every global batch
-    it = iter(train.make_dataset(c, world.documents, Tokenizer.load(tokenizer_path)))
+    it = iter(pipeline.make_dataset(c, world.documents, Tokenizer.load(tokenizer_path)))
     read = sorted({int(s) for _ in range(steps) for b in [next(it)]
                    for s in b["source_ids"][b["segment_ids"] > 0]})
     np.save(os.path.join(workdir, f"read_{jax.process_index()}.npy"), np.asarray(read))

@@ -39,7 +39,8 @@ _ALNUM = re.compile(r"[^\W_]")
 _TRAILING = ".,;:!?\"')]"
 # Lower-case words inside names; "the" only after "of" ("Battle of the Somme").
 _NAME_LINKS = frozenset("of de la le du del da von van der".split())
-_ABBREVIATIONS = frozenset("Mr Mrs Ms Dr St No Jr Sr Co Inc Lt Gen Col Capt Sgt Mt Ft Vol Fig vs".split())
+_ABBREVIATIONS = frozenset(
+    "Mr Mrs Ms Dr St No Jr Sr Co Inc Lt Gen Col Capt Sgt Mt Ft Vol Fig vs".split())
 # Capitalised mid-sentence after a quote or colon, but never the start of a name.
 _NOT_NAMES = frozenset(
     "The This That These Those He She It They We You His Her Its Their Our My In On At Of".split())
@@ -99,11 +100,6 @@ def make_probes(
   ]
 
 
-def probe_statements(probes: Iterable[Probe]) -> list[str]:
-  """The facts the probes ask about, as plain sentences to train on."""
-  return [f"{p.prompt} {p.answer}." for p in probes]
-
-
 def _check_at_least(name: str, value: int, low: int) -> None:
   if value < low:
     raise ValueError(f"{name} must be at least {low}, got {value}")
@@ -125,7 +121,8 @@ def _dedup(spans: Iterable[_Span]) -> list[_Span]:
 
 def _is_common_name(span: _Span, common: set[str]) -> bool:
   """Capitalised words the corpus also writes in lower case ("Going", "May") are rarely names."""
-  return span.kind == NAME and all(w.lower() in common for w in span.answer.split() if w[0].isupper())
+  capitalised = [w for w in span.answer.split() if w[0].isupper()]
+  return span.kind == NAME and all(w.lower() in common for w in capitalised)
 
 
 def _text_spans(text: str) -> Iterator[_Span]:
@@ -152,7 +149,7 @@ def _ends_sentence(token: str) -> bool:
   if token[-1] != ".":
     return False
   word = token[:-1]
-  return not (len(word) == 1 and word.isalpha() or "." in word or word in _ABBREVIATIONS)
+  return not ((len(word) == 1 and word.isalpha()) or "." in word or word in _ABBREVIATIONS)
 
 
 def _sentence_spans(line: str, tokens: Sequence[re.Match[str]]) -> Iterator[_Span]:
@@ -196,7 +193,8 @@ def _name_end(tokens: Sequence[re.Match[str]], cores: Sequence[str], start: int)
   return end
 
 
-def _is_whole_name(tokens: Sequence[re.Match[str]], cores: Sequence[str], start: int, end: int) -> bool:
+def _is_whole_name(tokens: Sequence[re.Match[str]], cores: Sequence[str], start: int,
+                   end: int) -> bool:
   """A name with or after `<unk>` is a fragment of a longer one, which no prompt could ask for;
   an abbreviation alone ("Mr", "St") is a fragment too."""
   return (
@@ -240,7 +238,7 @@ class _DistractorPool:
     return len(self._groups[group]) - self._own[source_id, group] >= n
 
   def draw(self, source_id: int, span: _Span, n: int, rng: random.Random) -> tuple[str, ...]:
-    """n distinct spans of the answer's type; names of the answer's length while there are enough."""
+    """n distinct spans of the answer's type; names of the answer's length while enough exist."""
     picked = self._sample(source_id, _distractor_groups(span.kind, span.answer)[-1], n, rng)
     if len(picked) < n:
       picked += self._sample(source_id, (span.kind, 0), n - len(picked), rng, taken=picked)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import pathlib
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import grain
 import ml_collections
@@ -36,21 +37,69 @@ class Corpus:
       raise ValueError("a TFDS corpus is not held in memory; look names up in its title index")
     return records.sources_by_id(self.documents)
 
+  @property
+  def fingerprint(self) -> str:
+    """Identifies the text a run was trained on, so a resume or an oracle on other data is caught.
+
+    In memory: a hash of every document. A lazy source names itself (its
+    dataset, version and size) through its own `fingerprint`.
+    """
+    if not self.in_memory:
+      own = getattr(self.documents, "fingerprint", None)
+      return own or f"{type(self.documents).__name__}:{len(self.documents)}"
+    h = hashlib.sha256()
+    for d in self.documents:
+      h.update(f"{d.source_id}\x00{d.source}\x00{d.text}\x01".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+  """What a run trains on: the corpus minus the sources its config leaves out.
+
+  Only `training_set` makes one, so every run (an oracle, a NULL with held-out
+  sources) sees exactly what its config says, whoever calls the trainer.
+  """
+  documents: Sequence[Document]
+  corpus_fingerprint: str
+  excluded: tuple[int, ...]  # data.exclude_sources: the sources an oracle never saw
+  heldout: tuple[int, ...]  # eval.heldout_sources: text for held-out loss, never trained on
+
+  def provenance(self) -> dict:
+    return {"corpus": self.corpus_fingerprint, "excluded": list(self.excluded),
+            "heldout": list(self.heldout)}
+
+
+def training_set(corpus: Corpus | Sequence[Document],
+                 config: ml_collections.ConfigDict) -> TrainingSet:
+  """The corpus minus `data.exclude_sources` and `eval.heldout_sources` (ids or names)."""
+  if not isinstance(corpus, Corpus):
+    corpus = Corpus(tuple(corpus) if isinstance(corpus, list) else corpus)
+  excluded = tuple(sorted(set(resolve_sources(corpus, config.data.exclude_sources))))
+  heldout = tuple(sorted(set(resolve_sources(corpus, config.eval.heldout_sources))))
+  docs = _without(corpus.documents, set(excluded) | set(heldout))
+  if corpus.in_memory and not docs:
+    raise ValueError("no documents left to train on: the corpus is empty or every source "
+                     "is excluded or held out")
+  return TrainingSet(docs, corpus.fingerprint, excluded, heldout)
+
 
 def load(config: ml_collections.ConfigDict) -> Corpus:
   spec = config.data.corpus
   if spec == "factworld":
-    world = factworld.generate(factworld.FactWorldConfig(**config.factworld.to_dict()))
+    world = factworld.generate(factworld.FactWorldConfig.from_config(config))
     return Corpus(world.documents, world.probes)
   if spec.startswith("tfds:"):
-    from nullearn.data import wikipedia  # pylint: disable=g-import-not-at-top
+    from nullearn.data import wikipedia
     return Corpus(wikipedia.WikipediaSource(spec.removeprefix("tfds:"),
                                             data_dir=config.data.get("tfds_data_dir") or None,
                                             index=config.data.get("title_index") or None))
   path = pathlib.Path(spec)
   if path.suffix == ".jsonl":
     docs = tuple(records.read_documents(path))
-    probes = tuple(records.read_probes(config.data.probes)) if config.data.probes else ()
+    sources = {d.source_id for d in docs}
+    probes = (tuple(records.read_probes(config.data.probes, sources)) if config.data.probes
+              else ())
     return Corpus(docs, probes)
   raise ValueError(f"unknown corpus {spec!r}: use 'factworld', a documents .jsonl file or "
                    "'tfds:<name>/<config>'")
@@ -135,11 +184,11 @@ def sample_sources(corpus: Corpus, n: int, seed: int, exclude: Iterable[int] = (
   return sorted(ids[i] for i in picks)
 
 
-def without(docs: Sequence[Document], exclude: Iterable[int]) -> Sequence[Document]:
+def _without(docs: Sequence[Document], exclude: Iterable[int]) -> Sequence[Document]:
   """The corpus minus some sources; a lazy corpus stays lazy (filtered as it is read)."""
   gone = frozenset(exclude)
   if isinstance(docs, (tuple, list)):
-    return [d for d in docs if d.source_id not in gone]
+    return tuple(d for d in docs if d.source_id not in gone)
   ds = docs if isinstance(docs, grain.MapDataset) else grain.MapDataset.source(docs)
   return ds.filter(lambda d: d.source_id not in gone) if gone else ds
 
@@ -148,5 +197,5 @@ def tokenizer_texts(corpus: Corpus, config: ml_collections.ConfigDict) -> Iterab
   """All texts of a corpus in memory; a seeded sample of a lazy one."""
   if corpus.in_memory:
     return (d.text for d in corpus.documents)
-  from nullearn.data import wikipedia  # pylint: disable=g-import-not-at-top
+  from nullearn.data import wikipedia
   return wikipedia.sample_texts(corpus.documents, config.tokenizer.sample_docs, config.seed)

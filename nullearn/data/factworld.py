@@ -11,17 +11,17 @@ forget them.
 from __future__ import annotations
 
 import dataclasses
-import random
 import functools
+import random
 import string
 from collections.abc import Collection, Sequence
 
 from nullearn.data.records import MIN_DISTRACTORS, Document, Probe
 
 _SYLLABLES = tuple(
-    "al bel cor dar el fen gal har is jor kel lor mar nor or pel quin ros sel tor ul val wen yar zan ash bran cal"
-    " dun fal gor hel kar lin mor ned osk ril sten thal vin wyn ber dric hold moor vask tam ren sol ard bri den"
-    " ga li na ro sa ta vi mi do ka le ni".split()
+    "al bel cor dar el fen gal har is jor kel lor mar nor or pel quin ros sel tor ul val wen yar"
+    " zan ash bran cal dun fal gor hel kar lin mor ned osk ril sten thal vin wyn ber dric hold"
+    " moor vask tam ren sol ard bri den ga li na ro sa ta vi mi do ka le ni".split()
 )
 
 _REGION_FORMS = (
@@ -340,6 +340,11 @@ class FactWorldConfig:
   num_distractors: int = 4
   seed: int = 0
 
+  @classmethod
+  def from_config(cls, config) -> FactWorldConfig:
+    """The world a run config (its `factworld` section) describes."""
+    return cls(**config.factworld.to_dict())
+
   def __post_init__(self) -> None:
     _check_range("num_sources", self.num_sources, 2, _MAX_SOURCES)
     if not 2 <= self.sources_per_group <= self.num_sources:
@@ -427,7 +432,8 @@ class _Namer:
         return name
 
 
-def generate(config: FactWorldConfig = FactWorldConfig()) -> FactWorld:
+def generate(config: FactWorldConfig | None = None) -> FactWorld:
+  config = config or FactWorldConfig()
   rng = random.Random(config.seed)
   namer = _Namer(rng)
   num_groups = config.num_sources // config.sources_per_group
@@ -533,7 +539,8 @@ def _sample_excluding(
 ) -> list[str]:
   """k distinct values other than `excluded`, uniformly, without copying a large pool.
 
-  A uniform (k+1)-sample in random order, minus `excluded` or its last item, is a uniform k-sample of the rest.
+  A uniform (k+1)-sample in random order, minus `excluded` or its last item, is a uniform
+  k-sample of the rest.
   """
   return [v for v in rng.sample(values, k + 1) if v != excluded][:k]
 

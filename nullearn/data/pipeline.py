@@ -8,11 +8,14 @@ which is all the model needs to pick each token's sinks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import grain
+import jax
+import ml_collections
 import numpy as np
 
+from nullearn.data.corpus import Corpus, TrainingSet, training_set
 from nullearn.data.records import Document
 from nullearn.data.tokenizer import Tokenizer
 
@@ -80,7 +83,40 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
   return it
 
 
-def document_rows(tokenizer: Tokenizer, docs: Sequence[Document], seq_len: int) -> dict[str, np.ndarray]:
+def process_batch_size(config: ml_collections.ConfigDict, shard_count: int) -> int:
+  """`data.batch_size` is global; each process loads its share of every batch."""
+  if config.data.batch_size % shard_count:
+    raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the "
+                     f"{shard_count} processes")
+  return config.data.batch_size // shard_count
+
+
+def make_dataset(config: ml_collections.ConfigDict, data: TrainingSet | Corpus | Sequence[Document],
+                 tokenizer: Tokenizer, *, num_epochs: int | None = None,
+                 shard_index: int | None = None, shard_count: int | None = None
+                 ) -> grain.IterDataset:
+  """The run's input pipeline; by default this process's share.
+
+  A corpus is first cut to its training set (`corpus.training_set`): the
+  config's excluded and held-out sources never reach a batch, whoever calls.
+  """
+  if not isinstance(data, TrainingSet):
+    data = training_set(data, config)
+  gather = config.model.pool and config.model.sink_impl == "gather"
+  shard_count = jax.process_count() if shard_count is None else shard_count
+  return training_dataset(
+      data.documents, tokenizer, seq_len=config.data.seq_len,
+      batch_size=process_batch_size(config, shard_count),
+      seed=config.data.shuffle_seed, num_epochs=num_epochs,
+      packing_bins=config.data.packing_bins,
+      shard_index=jax.process_index() if shard_index is None else shard_index,
+      shard_count=shard_count,
+      worker_count=config.data.worker_count,
+      max_segments=config.model.max_segments if gather else None)
+
+
+def document_rows(tokenizer: Tokenizer, docs: Sequence[Document],
+                  seq_len: int) -> dict[str, np.ndarray]:
   """Every document cut into rows of at most `seq_len` targets, one piece per row, unpacked.
 
   The unit of held-out loss, unlearning and relearning fine-tunes: each row is
@@ -112,8 +148,3 @@ def document_rows(tokenizer: Tokenizer, docs: Sequence[Document], seq_len: int) 
 def count_batches(dataset: grain.IterDataset) -> int:
   """Batches in a finite dataset (one pass over it, no model)."""
   return sum(1 for _ in dataset)
-
-
-def batch_stats(batch: dict[str, Any]) -> dict[str, float]:
-  return {"tokens": float(np.sum(batch["weights"])),
-          "fill": float(np.mean(batch["segment_ids"] > 0))}

@@ -43,7 +43,6 @@ FEATURES = tfds.features.FeaturesDict({
     "id": tfds.features.Scalar(np.int64), "title": tfds.features.Text(),
     "text": tfds.features.Text()})
 _WRITER_OPTIONS = "group_size:1,zstd:3"  # a chunk per record, so a random read reads one
-_MANIFEST = "prepared_from.json"
 _BATCH = 1024  # parquet rows per read
 _DESCRIPTION = (f"English Wikipedia, dump {CONFIG}, from the parquet files of the Hugging Face "
                 "dataset wikimedia/wikipedia (CC BY-SA 4.0 and GFDL text). One record per "
@@ -125,7 +124,8 @@ def prepare(out: str, files: Sequence[pathlib.Path], *, workers: int = 1,
         check_data=False,  # reading it back would need TensorFlow
         description=_DESCRIPTION, homepage="https://huggingface.co/datasets/wikimedia/wikipedia")
     articles = sum(s.rows for s in shards)
-    (tmp / _MANIFEST).write_text(json.dumps({"inputs": inputs, "articles": articles}, indent=1))
+    manifest = {"inputs": inputs, "articles": articles}
+    (tmp / wikipedia.MANIFEST).write_text(json.dumps(manifest, indent=1))
     tmp.chmod(0o755)  # mkdtemp makes it private
     os.replace(tmp, target)
   finally:
@@ -143,7 +143,7 @@ def _local(out: str) -> pathlib.Path:
 def _reuse(target: pathlib.Path, inputs: list[dict]) -> Prepared:
   """The dataset already at `target` if it was prepared from the same files; else an error."""
   try:
-    manifest = json.loads((target / _MANIFEST).read_text())
+    manifest = json.loads((target / wikipedia.MANIFEST).read_text())
   except (OSError, ValueError):
     raise PrepareError(f"{target} already holds a dataset not prepared by `nullearn prepare`: "
                        "remove it or choose another --out") from None

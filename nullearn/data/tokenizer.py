@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Iterable, Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
@@ -28,7 +29,7 @@ class Tokenizer:
     self.__init__(state["model_proto"])
 
   @classmethod
-  def load(cls, path: str | epath.PathLike) -> "Tokenizer":
+  def load(cls, path: str | epath.PathLike) -> Tokenizer:
     path = epath.Path(path)
     if not path.exists():
       raise FileNotFoundError(f"no tokenizer at {path} (train one with `nullearn tokenizer train`)")
@@ -74,11 +75,38 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 
   Digits are single pieces, so a number tokenizes the same before "." as at the
   end of a cloze prompt's answer.
   """
+  sentences = _sentences(texts)
+  first = next(sentences, None)
+  if first is None:
+    raise ValueError("no text to train a tokenizer on: the corpus is empty")
   out = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=_sentences(texts), model_writer=out, vocab_size=vocab_size,
+      sentence_iterator=itertools.chain([first], sentences), model_writer=out,
+      vocab_size=vocab_size,
       model_type=model_type, byte_fallback=byte_fallback, character_coverage=1.0,
       pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
       input_sentence_size=max_sentences, shuffle_input_sentence=False,
       split_digits=True, num_threads=1, hard_vocab_limit=False, minloglevel=2)
   return Tokenizer(out.getvalue())
+
+
+def for_run(workdir: str | epath.PathLike, texts: Iterable[str], tokenizer_cfg,
+            vocab_size: int, given: str | epath.PathLike | None = None) -> Tokenizer:
+  """The run's tokenizer, `<workdir>/tokenizer.model`, which is never overwritten.
+
+  A workdir that has one keeps it (a resumed run); `given` must then be the
+  same model. Otherwise `given` is copied in, or a tokenizer is trained on `texts`.
+  """
+  path = epath.Path(workdir) / "tokenizer.model"
+  given_tok = Tokenizer.load(given) if given else None
+  if path.exists():
+    tok = Tokenizer.load(path)
+    if given_tok is not None and given_tok.fingerprint != tok.fingerprint:
+      raise ValueError(f"--tokenizer: {given} is not the tokenizer of the run in {workdir} "
+                       f"({path}); use that one, or a new workdir")
+    return tok
+  tok = given_tok or train_tokenizer(
+      texts, vocab_size, model_type=tokenizer_cfg.model_type,
+      byte_fallback=tokenizer_cfg.byte_fallback, max_sentences=tokenizer_cfg.max_sentences)
+  tok.save(path)
+  return tok

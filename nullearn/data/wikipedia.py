@@ -7,18 +7,21 @@ page id or title through the dataset's memory-mapped source index.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from nullearn.data.records import Document
 from nullearn.data.source_index import SourceIndex, stream
 
 DEFAULT_NAME = "wikimedia_wikipedia/20231101.en"
 INDEX_DIR = "source_index"  # inside the dataset's version directory
+MANIFEST = "prepared_from.json"  # the files a dataset was prepared from, beside its shards
 
 DocumentSource = grain.sources.RandomAccessDataSource[Document]
 
@@ -40,7 +43,8 @@ class WikipediaSource:
     self.data_dir = os.fspath(data_dir) if data_dir else tfds.core.constants.get_default_data_dir()
     builder = _builder(name, self.data_dir)
     self._records = builder.as_data_source(split=split)
-    self.index_path = os.fspath(index) if index else os.fspath(builder.data_path / INDEX_DIR)
+    self._version_dir = os.fspath(builder.data_path)
+    self.index_path = os.fspath(index) if index else os.path.join(self._version_dir, INDEX_DIR)
     self._index: SourceIndex | None = None
 
   def __len__(self) -> int:
@@ -69,6 +73,15 @@ class WikipediaSource:
         raise ValueError(f"the source index at {self.index_path} does not match the dataset: "
                          f"page id {wanted} points at page {doc.source_id}; rebuild the index")
     return docs
+
+  @property
+  def fingerprint(self) -> str:
+    """Names the text: dataset, version, records and a hash of the files it was prepared
+    from, so a run resumed, or an oracle compared, on other data is caught."""
+    manifest = epath.Path(self._version_dir) / MANIFEST
+    made_from = (hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists()
+                 else "unknown")
+    return f"{self.name}:{epath.Path(self._version_dir).name}:{len(self)}:{made_from}"
 
   def __getstate__(self):  # Grain workers reopen the index's maps rather than copy them.
     return {**self.__dict__, "_index": None}
