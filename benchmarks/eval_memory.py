@@ -1,13 +1,17 @@
 """Peak memory of scoring probes: bounded by tokens a batch, whatever the prompts.
 
-Scores 1,000 probes with 200-word prompts (a few of them in unusual characters,
-which byte fallback turns into thousands of tokens) on a tiny NULL, each way in
-its own process so peak RSS is its own:
+Scores 1,000 probes with 200-word prompts on a tiny NULL, each way in its own
+process so peak RSS is its own, on two probe sets: plain words, and the same with
+one prompt in a hundred in rare characters (byte fallback makes those thousands
+of tokens):
 
   bounded   inference.option_nll: prompts cut from the left to the model's context,
             rows bucketed by length, batches of at most `max_tokens` tokens
   padded    the previous way: every row padded to the longest one, 256 rows a batch,
-            prompts never cut
+            prompts never cut. Run on the plain set only: with one rare-character
+            prompt its rows are ~2,600 tokens and one batch's attention alone is
+            256 x 4 x 2,600^2 floats (27 GB); tried once, the kernel killed it at
+            17.6 GB resident.
 
   python benchmarks/eval_memory.py [--probes 1000] [--words 200]
 
@@ -28,7 +32,7 @@ import time
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def make_probes(n: int, words: int, seed: int = 0):
+def make_probes(n: int, words: int, rare: bool, seed: int = 0):
   from nullearn.data.records import Probe
   rng = random.Random(seed)
   vocab = [f"w{rng.randrange(5000)}" for _ in range(2000)]
@@ -36,14 +40,14 @@ def make_probes(n: int, words: int, seed: int = 0):
   probes = []
   for i in range(n):
     body = [rng.choice(vocab) for _ in range(words)]
-    if i % 100 == 0:  # one in a hundred: a prompt of rare characters, thousands of byte tokens
+    if rare and i % 100 == 0:  # a prompt of rare characters: thousands of byte tokens
       body = [odd] * (words // 8)
     probes.append(Probe(i % 50, " ".join(body) + " and then", "alpha",
                         ("beta", "gamma", "delta", "epsilon"), "unique"))
   return probes
 
 
-def child(mode: str, n: int, words: int) -> dict:
+def child(mode: str, n: int, words: int, rare: bool) -> dict:
   """Runs in its own process: one way of scoring, its seconds and peak RSS."""
   import jax
   import jax.numpy as jnp
@@ -63,7 +67,7 @@ def child(mode: str, n: int, words: int) -> dict:
   cfg = ModelConfig.from_config(config.model)
   graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
   run = inference.Run(cfg, graphdef, params, tok, {"config": json.loads(config.to_json())})
-  probes = make_probes(n, words)
+  probes = make_probes(n, words, rare)
   switch_for = lambda idx: Switch.sources(np.full((len(idx), 1), 3))
   t0 = time.time()
   if mode == "bounded":
@@ -98,7 +102,8 @@ def child(mode: str, n: int, words: int) -> dict:
   seconds = time.time() - t0
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   del nll
-  return {"mode": mode, "seconds": seconds, "peak_rss_mib": peak_mib}
+  return {"mode": mode, "probes": "rare" if rare else "plain", "seconds": seconds,
+          "peak_rss_mib": peak_mib}
 
 
 def main():
@@ -106,26 +111,32 @@ def main():
   p.add_argument("--probes", type=int, default=1000)
   p.add_argument("--words", type=int, default=200)
   p.add_argument("--child", default="")
+  p.add_argument("--rare", action="store_true")
   args = p.parse_args()
   if args.child:
-    print(json.dumps(child(args.child, args.probes, args.words)))
+    print(json.dumps(child(args.child, args.probes, args.words, args.rare)))
     return
   rows = []
-  for mode in ("bounded", "padded"):
+  for mode, rare in (("bounded", False), ("padded", False), ("bounded", True)):
     out = subprocess.run([sys.executable, __file__, f"--child={mode}", f"--probes={args.probes}",
-                          f"--words={args.words}"], capture_output=True, text=True, check=False)
+                          f"--words={args.words}", *(["--rare"] if rare else [])],
+                         capture_output=True, text=True, check=False)
     if out.returncode:
-      rows.append({"mode": mode, "failed": out.stderr.strip().splitlines()[-1]})
+      why = (f"killed by signal {-out.returncode} (out of memory)" if out.returncode < 0
+             else (out.stderr.strip().splitlines() or ["no output"])[-1])
+      rows.append({"mode": mode, "probes": "rare" if rare else "plain", "failed": why,
+                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
     else:
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-  print(f"{args.probes} probes of {args.words}-word prompts (1 in 100 in rare characters), "
-        "4 distractors each, tiny NULL (context 128)")
-  print(f"{'mode':<10}{'seconds':>10}{'peak RSS MiB':>15}")
+  print(f"{args.probes} probes of {args.words}-word prompts, 4 distractors each, tiny NULL "
+        "(context 128); rare: 1 prompt in 100 in rare characters")
+  print(f"{'mode':<10}{'probes':<8}{'seconds':>10}{'peak RSS MiB':>15}")
   for r in rows:
+    head = f"{r['mode']:<10}{r['probes']:<8}"
     if "failed" in r:
-      print(f"{r['mode']:<10}  failed: {r['failed']}")
+      print(f"{head}  failed after {r['peak_rss_mib']:,.0f} MiB: {r['failed']}")
     else:
-      print(f"{r['mode']:<10}{r['seconds']:>10.1f}{r['peak_rss_mib']:>15.0f}")
+      print(f"{head}{r['seconds']:>10.1f}{r['peak_rss_mib']:>15.0f}")
   RESULTS.mkdir(exist_ok=True)
   (RESULTS / "eval_memory.json").write_text(json.dumps(
       {"probes": args.probes, "words": args.words, "rows": rows}, indent=1))
