@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seq_len=128, batch_size=32, shuffle_seed=0, packing_bins=64, worker_count=0,
       exclude_sources=(),  # source ids or names left out of training (an oracle run)
       tfds_data_dir="",  # TFDS corpora: where the prepared dataset lives ("": TFDS default)
-      title_index="",  # TFDS corpora: a `nullearn titles` index, to name sources by title
+      title_index="",  # TFDS corpora: a copy of the source index (default: the dataset's own)
   ))
   c.factworld = ml_collections.ConfigDict(dict(
       num_sources=1000, sources_per_group=10, unique_facts=4, shared_facts=3,
@@ -57,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # `nullearn eval`: which sources to forget and how hard to attack them.
   c.eval = ml_collections.ConfigDict(dict(
       forget=(), heldout_sources=(), seed=0,
+      retained_sources=2000,  # a lazy corpus (Wikipedia): how many retained articles eval reads
       routing="backbone",  # or "titles": sentence-transformer title embeddings (extra)
       seq_len=128, max_retained_probes=400, retain_docs=200,
       sections=("baselines", "relearning", "extraction"),

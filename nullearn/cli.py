@@ -163,19 +163,19 @@ def eval_main(argv):
     run_config.data.corpus = _CORPUS.value
   if _PROBES.value:
     run_config.data.probes = _PROBES.value
+  if os.environ.get("TFDS_DATA_DIR"):  # where this machine keeps the prepared dataset
+    run_config.data.tfds_data_dir = os.environ["TFDS_DATA_DIR"]
   corpus = corpus_lib.load(run_config)
-  if not corpus.in_memory:
-    raise app.UsageError("eval needs a corpus in memory (the fact world or a .jsonl file)")
   forget = corpus_lib.resolve_sources(corpus, _FORGET.value or config.eval.forget)
   problems = evaluate.validate(models, forget)
   if problems and not _FORCE.value:
     raise evaluate.ModelMismatchError(f"{problems[0]} (--force compares anyway; the report "
                                       "then says so)")
-  heldout = set(null.meta.get("data", {}).get("heldout", ()))
-  result = evaluate.evaluate(
-      models, [d for d in corpus.documents if d.source_id not in heldout], corpus.probes, forget,
-      config.eval, heldout=[d for d in corpus.documents if d.source_id in heldout],
-      forced=problems)
+  docs, heldout = corpus_lib.evaluation_documents(
+      corpus, forget, null.meta.get("data", {}).get("heldout", ()),
+      retained=config.eval.retained_sources, seed=config.eval.seed)
+  result = evaluate.evaluate(models, docs, corpus.probes, forget, config.eval, heldout=heldout,
+                             forced=problems)
   for path in report.write(result, out):
     print(f"wrote {path}")
   print((epath.Path(out) / "report.md").read_text())

@@ -184,6 +184,22 @@ def sample_sources(corpus: Corpus, n: int, seed: int, exclude: Iterable[int] = (
   return sorted(ids[i] for i in picks)
 
 
+def evaluation_documents(corpus: Corpus, forget: Sequence[int], heldout: Iterable[int], *,
+                         retained: int, seed: int) -> tuple[list[Document], list[Document]]:
+  """(documents an evaluation reads, held-out documents).
+
+  In memory: every document but the held-out ones. Lazy (all of Wikipedia): the
+  forgotten sources and a seeded sample of `retained` others only, so memory
+  and time do not grow with the corpus.
+  """
+  heldout = set(heldout)
+  if corpus.in_memory:
+    return ([d for d in corpus.documents if d.source_id not in heldout],
+            [d for d in corpus.documents if d.source_id in heldout])
+  sample = sample_sources(corpus, retained, seed, exclude=set(forget) | heldout)
+  return documents_of(corpus, [*forget, *sample]), documents_of(corpus, sorted(heldout))
+
+
 def _without(docs: Sequence[Document], exclude: Iterable[int]) -> Sequence[Document]:
   """The corpus minus some sources; a lazy corpus stays lazy (filtered as it is read)."""
   gone = frozenset(exclude)

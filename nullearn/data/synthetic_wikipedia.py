@@ -5,7 +5,8 @@ evaluation can be measured on millions of articles without downloading any.
 Lengths are lognormal with Wikipedia's mean of about 3,000 characters (median
 about 1,800); the text is cut from a long stream of made-up words drawn with
 Zipf frequencies, so it compresses roughly like prose; page ids grow with random
-gaps, as real ones do.
+gaps, as real ones do. The words form sentences, some of them stating a year or
+naming someone, so cloze probes can be built from the text as from real articles.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def write_parquet(out_dir: str | os.PathLike[str], num_articles: int, *, shards:
   rng = np.random.default_rng(seed)
   words = _vocabulary(rng)
   ranks = np.arange(1, len(words) + 1)
-  stream = " ".join(words[rng.choice(len(words), _STREAM_WORDS, p=(1 / ranks) / (1 / ranks).sum())])
+  stream = _sentences(words[rng.choice(len(words), _STREAM_WORDS,
+                                       p=(1 / ranks) / (1 / ranks).sum())], rng)
   ids = 10 + np.cumsum(1 + rng.geometric(0.3, num_articles))  # sparse, increasing
   mu = np.log(mean_chars) - _SIGMA**2 / 2  # lognormal mean = exp(mu + sigma^2 / 2)
   lengths = np.clip(rng.lognormal(mu, _SIGMA, num_articles), 20, len(stream) - 1).astype(int)
@@ -52,6 +54,23 @@ def dump_table(ids: list[int], titles: list[str], texts: list[str]) -> pa.Table:
   return pa.table({"id": [str(i) for i in ids],
                    "url": [f"https://en.wikipedia.org/wiki?curid={i}" for i in ids],
                    "title": titles, "text": texts})
+
+
+def _sentences(stream_words: np.ndarray, rng: np.random.Generator) -> str:
+  """The words cut into sentences of 8 to 24; a third end "in <year>", a fifth name a person."""
+  out, i = [], 0
+  while i < len(stream_words):
+    n = int(rng.integers(8, 25))
+    sentence = list(stream_words[i:i + n])
+    i += n
+    if rng.random() < 0.2:
+      first, last = rng.choice(stream_words[:5000], 2)
+      sentence.insert(len(sentence) // 2, f"{first.title()} {last.title()}")
+    if rng.random() < 0.33:
+      sentence += ["in", str(int(rng.integers(1500, 2024)))]
+    text = " ".join(sentence)
+    out.append(text[0].upper() + text[1:] + ".")
+  return " ".join(out)
 
 
 def _vocabulary(rng: np.random.Generator) -> np.ndarray:
