@@ -24,9 +24,11 @@ from nullearn import batching, losses, surgery
 from nullearn import checkpoint as ckpt_lib
 from nullearn import ledger as ledger_lib
 from nullearn import model as model_lib
+from nullearn import router as router_lib
 from nullearn.data.records import Probe
 from nullearn.data.tokenizer import EOS_ID, Tokenizer
 from nullearn.model import ModelConfig, Transformer
+from nullearn.router import PromptRouter
 from nullearn.switch import Switch
 
 
@@ -44,10 +46,15 @@ class Run:
   meta: dict[str, Any]
   ledger: ledger_lib.Ledger = dataclasses.field(default_factory=ledger_lib.Ledger)
   workdir: str = ""
+  step: int = 0  # the checkpoint's training step
 
   def model(self, params=None) -> ServedModel:
     return ServedModel(nnx.merge(self.graphdef, self.params if params is None else params),
                        self.ledger)
+
+  def router(self) -> PromptRouter:
+    """The run's prompt router, `<workdir>/router` (built by `nullearn router`)."""
+    return PromptRouter.load(epath.Path(self.workdir) / router_lib.DIRECTORY)
 
   def check(self, switch: Switch, what: str = "switch") -> Switch:
     """`switch`, unless it asks for a forgotten source's sinks (ForgottenSourceError)."""
@@ -120,7 +127,7 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
     raise ckpt_lib.CheckpointMismatchError(
         f"{workdir}/tokenizer.model is not the tokenizer {ckpt.directory}/{step} was trained with")
   ckpt.close()
-  run = Run(saved_cfg, graphdef, state, tokenizer, meta, workdir=str(workdir))
+  run = Run(saved_cfg, graphdef, state, tokenizer, meta, workdir=str(workdir), step=step)
   return with_ledger(run, ledger) if apply_ledger else run
 
 
@@ -177,6 +184,14 @@ def _mean_option_nll(graphdef, params, tokens_BxL, starts_B, lengths_B, switch: 
   return losses.sequence_nll(logits, targets, w) / jnp.maximum(w.sum(-1), 1.0)
 
 
+def row_nll(run: Run, tokens_BxL, starts_B, lengths_B, switch: Switch, *,
+            params=None) -> np.ndarray:
+  """Mean token NLL of each row from its start to its length, [B], under `switch`
+  (refused if it asks for a forgotten source)."""
+  return np.asarray(_mean_option_nll(run.graphdef, run.params if params is None else params,
+                                     tokens_BxL, starts_B, lengths_B, run.check(switch)))
+
+
 SwitchFn = Callable[[np.ndarray], Switch]
 
 
@@ -195,9 +210,9 @@ def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
   batches = list(batching.token_batches(lengths, max_tokens))
   for idx, m, width in tqdm.tqdm(batches, desc=desc, disable=desc is None, leave=False):
     tokens = batching.pad_rows([rows.tokens[i] for i in idx], width)
-    nll = _mean_option_nll(run.graphdef, params, tokens, rows.starts[idx], lengths[idx],
-                           run.check(switch_for(rows.probe[idx])))
-    out[idx[:m]] = np.asarray(nll)[:m]
+    nll = row_nll(run, tokens, rows.starts[idx], lengths[idx], switch_for(rows.probe[idx]),
+                  params=params)
+    out[idx[:m]] = nll[:m]
   table = np.full((len(probes), int(rows.option.max()) + 1), np.nan, np.float32)
   table[rows.probe, rows.option] = out
   return table

@@ -33,6 +33,7 @@ import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
 from nullearn.data.records import Document
+from nullearn.switch import Switch
 
 DIRECTORY = "router"
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
@@ -64,6 +65,16 @@ def source_texts(docs: Iterable[Document], leading_words: int) -> Iterator[tuple
     docs = [first[s] for s in sorted(first)]
   for d in docs:
     yield d.source_id, source_text(d.source, d.text, leading_words)
+
+
+def fallback(policy: str, exclude=()) -> Switch:
+  """serve.fallback as a switch, for a prompt no surviving source matches: "expected"
+  (every sink at active/pool, `exclude`'s off) or "backbone" (every sink off)."""
+  if policy == "expected":
+    return Switch.expected(exclude=exclude)
+  if policy == "backbone":
+    return Switch.backbone()
+  raise ValueError(f"serve.fallback must be 'expected' or 'backbone', got {policy!r}")
 
 
 @dataclasses.dataclass(frozen=True)

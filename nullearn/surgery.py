@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import jax.numpy as jnp
 import numpy as np
 
 from nullearn.masks import SinkGeometry
 
-_CHUNK = 65_536  # ids whose sinks are derived at once
+CHUNK = 65_536  # ids whose sinks are derived at once
 
 
 def mlp_layers(params) -> Iterator[tuple[int, dict]]:
@@ -32,8 +31,8 @@ def removed_sinks(geometry: SinkGeometry, ids, layer: int) -> np.ndarray:
   ids = np.asarray(ids, np.int64).reshape(-1)
   if not geometry.pool or not ids.size:
     return np.zeros((0,), np.int64)
-  parts = [np.asarray(geometry.sinks(ids[i:i + _CHUNK].astype(np.uint32), layer)).reshape(-1)
-           for i in range(0, ids.size, _CHUNK)]
+  parts = [np.asarray(geometry.sinks(ids[i:i + CHUNK].astype(np.uint32), layer)).reshape(-1)
+           for i in range(0, ids.size, CHUNK)]
   return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
@@ -69,9 +68,3 @@ def fold_switch(mlp: dict, geometry: SinkGeometry, switch: str) -> dict:
                        geometry.active / geometry.pool).astype(np.float32)
     return dict(w, w_down=w["w_down"] * scale_F[:, None])
   raise ValueError(f"--switch must be 'backbone' or 'expected', got {switch!r}")
-
-
-def is_zeroed(mlp: dict, cols: np.ndarray) -> bool:
-  """Whether the MLP holds nothing in columns `cols` (gate and up columns, down rows)."""
-  return bool(all(not jnp.any(mlp[k][:, cols]) for k in ("w_gate", "w_up"))
-              and not jnp.any(mlp["w_down"][cols]))
