@@ -170,8 +170,9 @@ def export_hf(run: Run, out: str | epath.PathLike, switch: str) -> epath.Path:
     t[p + "mlp.gate_proj.weight"] = mlps[layer]["w_gate"].T
     t[p + "mlp.up_proj.weight"] = mlps[layer]["w_up"].T
     t[p + "mlp.down_proj.weight"] = mlps[layer]["w_down"].T
-  if not cfg.tie_embeddings:
-    t["lm_head.weight"] = f32(run.params["unembed"]).T
+  # Written even when tied (the same values): transformers' Flax Llama never ties.
+  t["lm_head.weight"] = (t["model.embed_tokens.weight"] if cfg.tie_embeddings
+                         else f32(run.params["unembed"]).T)
   safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in t.items()},
                               str(out / "model.safetensors"), metadata={"format": "pt"})
   width = mlps[0]["w_gate"].shape[1]
