@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # common) is served by the fallback: "expected" (every surviving sink at
       # active/pool, as dropout inference does) or "backbone" (every sink off).
       fallback="expected", min_score=0.0,
-      leading_words=50,  # words of each source's text indexed beside its title
+      leading_words=100,  # words of each source's text indexed beside its title (the lead)
       candidates=16))  # attribution: routed candidate sources scored
 
   # `nullearn eval`: which sources to forget and how hard to attack them.

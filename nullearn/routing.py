@@ -129,15 +129,18 @@ class Router:
 
 
 class TextRouter:
-  """Source routing through the serving router: a source's query is its own title and
-  leading words, the text it is indexed by."""
+  """Source routing through the serving router: a source's query is its own leading words
+  without its title's words. A name identifies one source, so another source sharing a
+  fragment of it (a first name, a surname) is not about the same thing. On the fact world
+  (50 leading words) the names sent 59% of forgotten sources out of their region; without
+  them 18% (100 words: 0%)."""
 
   def __init__(self, index: router_lib.PromptRouter, docs: Sequence[Document],
                leading_words: int):
     """`index` holds `docs`' sources, indexed by `leading_words` words each."""
     self.index = index
     self.leading_words = leading_words
-    self.texts = dict(router_lib.source_texts(docs, leading_words))
+    self.texts = dict(_queries(docs, leading_words))
 
   def route(self, source_id: int, forgotten: Collection[int]) -> int:
     if source_id not in self.texts:
@@ -145,12 +148,19 @@ class TextRouter:
     return self._route(source_id, self.texts[source_id], forgotten)
 
   def route_docs(self, docs: Sequence[Document], forgotten: Collection[int]) -> dict[int, int]:
-    return {s: self._route(s, text, forgotten)
-            for s, text in router_lib.source_texts(docs, self.leading_words)}
+    return {s: self._route(s, text, forgotten) for s, text in _queries(docs, self.leading_words)}
 
   def _route(self, source_id: int, text: str, forgotten: Collection[int]) -> int:
     got = self.index.route(text, exclude=np.fromiter(forgotten, np.int64, len(forgotten)))
     if got.source is None:
-      raise ValueError(f"source {source_id}: no surviving source shares a word with its title "
-                       "and leading words, or every source is forgotten")
+      raise ValueError(f"source {source_id}: no surviving source shares a word with its "
+                       "leading words, or every source is forgotten")
     return got.source
+
+
+def _queries(docs: Sequence[Document], leading_words: int):
+  """(source id, its leading words less its title's words) per source."""
+  titles = sources_by_id(docs)
+  for s, text in router_lib.source_texts(docs, leading_words):
+    title = set(router_lib.words(titles[s]))
+    yield s, " ".join(w for w in router_lib.words(text) if w not in title)
