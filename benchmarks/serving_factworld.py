@@ -136,7 +136,8 @@ def format_table(out: dict) -> str:
   lines.append(f"attribution: own source first for {a['own_first_among_routed']:.1%} of "
                f"{a['probes']} unique probes among {a['candidates']} routed candidates (own "
                f"source among them: {a['own_in_routed_candidates']:.1%}); "
-               f"{a['own_first_among_all']:.1%} of {a['probes_ranked_among_all']} among all sources")
+               f"{a['own_first_among_all']:.1%} of {a['probes_ranked_among_all']} among all "
+               "sources")
   return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The prompt router: bm25s's scores from a streaming build, and forgotten sources never returned."""
+"""The prompt router: bm25s's scores from a streaming build; forgotten sources never returned."""
 
 import bm25s
 import numpy as np
