@@ -9,8 +9,10 @@ and the demo's 100 forgotten sources, and measures:
   serving router) and by the NULL's backbone-only embeddings (cosine);
 - the evaluation's conditions with BM25 routing, "prompt routed" included
   (Truth Ratio medians per fact kind; shared facts should keep >= 85%);
-- attribution: how often a unique fact's own source ranks first by sink gain,
-  among the router's 16 candidates and among all 1,000 sources.
+- attribution: how often a unique fact's own source ranks first by sink gain
+  (on the continuation, and on the whole text), among the router's candidates
+  for the prompt and among all 1,000 sources; and how often it still does for a
+  false continuation (a distractor).
 
   python benchmarks/serving_factworld.py [--workdir runs/demo] [--out benchmarks/results]
 """
@@ -74,34 +76,39 @@ def conditions(null, oracle, world, forget, config) -> dict:
           "article_forget_quality": fq, "seconds": result.seconds}
 
 
-def attribution_rate(run, world, serve, limit_all: int) -> dict:
-  """Fraction of unique probes whose own source ranks first (routed candidates, all sources)."""
+def attribution_rate(run, world, serve, n_all: int) -> dict:
+  """How often a unique fact's own source ranks first: among the router's candidates for
+  the prompt (and its first 8), among all sources, by continuation and by whole-text gain;
+  and, for a distractor as the continuation, how often the own source still ranks first."""
   index = router_lib.PromptRouter.in_memory(router_lib.source_texts(world.documents,
                                                                      serve.leading_words))
   unique = [p for p in world.probes if p.kind == "unique"]
   probes = [unique[i] for i in np.random.default_rng(0).choice(len(unique), 400, replace=False)]
   everyone = sorted({d.source_id for d in world.documents})
-  first_routed, in_candidates, first_all = [], [], []
+  hits: dict[str, list[bool]] = {}
+  first = lambda ranked, p: ranked[0].source == p.source_id
   for i, p in enumerate(probes):
-    cands = attribution.candidates(run, index, p.prompt, p.answer, serve.candidates)
-    in_candidates.append(p.source_id in cands)
-    ranked = attribution.attribute(run, p.prompt, p.answer, cands)
-    first_routed.append(ranked[0].source == p.source_id)
-    if i < limit_all:
-      first_all.append(attribution.attribute(run, p.prompt, p.answer, everyone)[0].source
-                       == p.source_id)
-  return {"probes": len(probes), "candidates": serve.candidates,
-          "own_first_among_routed": float(np.mean(first_routed)),
-          "own_in_routed_candidates": float(np.mean(in_candidates)),
-          "probes_ranked_among_all": len(first_all),
-          "own_first_among_all": float(np.mean(first_all))}
+    cands = attribution.candidates(run, index, p.prompt, serve.candidates)
+    hits.setdefault("own source among the candidates", []).append(p.source_id in cands)
+    for score in attribution.SCORES:
+      ranked = attribution.attribute(run, p.prompt, p.answer, cands, score)
+      hits.setdefault(f"{score}: first among {len(cands)} routed", []).append(first(ranked, p))
+      top8 = [a for a in ranked if a.source in cands[:8]]
+      hits.setdefault(f"{score}: first among the 8 best routed", []).append(first(top8, p))
+      wrong = attribution.attribute(run, p.prompt, p.distractors[0], cands, score)
+      hits.setdefault(f"{score}: first for a distractor (routed)", []).append(first(wrong, p))
+      if i < n_all:
+        ranked = attribution.attribute(run, p.prompt, p.answer, everyone, score)
+        hits.setdefault(f"{score}: first among all {len(everyone)}", []).append(first(ranked, p))
+  return {"probes": len(probes), "probes_ranked_among_all": min(n_all, len(probes)),
+          **{k: float(np.mean(v)) for k, v in hits.items()}}
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--workdir", default="runs/demo", help="a `nullearn demo` output directory")
   p.add_argument("--out", default="benchmarks/results")
-  p.add_argument("--all_sources_probes", type=int, default=100,
+  p.add_argument("--all_sources_probes", type=int, default=50,
                  help="probes also ranked against every source")
   args = p.parse_args()
   config = tiny.get_config()
@@ -132,12 +139,9 @@ def format_table(out: dict) -> str:
     lines.append(f"  {c:<34}{row['unique']:>6.2f}{row['shared']:>8.2f}{row['article']:>9.2f}")
   lines.append("shared facts kept: " + ", ".join(
       f"{c} {v:.0%}" for c, v in out["conditions_bm25"]["shared_keep_of_sink_on"].items()))
-  a = out["attribution"]
-  lines.append(f"attribution: own source first for {a['own_first_among_routed']:.1%} of "
-               f"{a['probes']} unique probes among {a['candidates']} routed candidates (own "
-               f"source among them: {a['own_in_routed_candidates']:.1%}); "
-               f"{a['own_first_among_all']:.1%} of {a['probes_ranked_among_all']} among all "
-               "sources")
+  lines += ["", f"attribution ({out['attribution']['probes']} unique probes): own source first"]
+  lines += [f"  {k:<48}{v:>7.1%}" for k, v in out["attribution"].items() if ":" in k or
+            k.startswith("own")]
   return "\n".join(lines)
 
 

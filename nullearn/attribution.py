@@ -1,10 +1,21 @@
-"""Source attribution: which source's sinks make a continuation likely.
+"""Source attribution: which source's sinks explain a text.
 
-A source's sinks hold what only it states, so the source behind a text is the
-one whose sinks raise the text's likelihood most over the backbone alone. The
-candidates are the prompt's routed sources (the serving router's top k over
-the prompt and continuation) or a given list; forgotten sources are never
-candidates, and naming one is refused.
+A source's sinks hold what only it states. `attribute` ranks candidate
+sources by how much their sinks lower the negative log-likelihood (nats per
+token) over the backbone alone, of
+
+- the continuation, given the prompt (`score="continuation"`): whose sinks
+  explain the fact. A false continuation gets a negative gain from the true
+  source's sinks;
+- the whole text, prompt and continuation (`score="text"`): the source most
+  likely to have produced the text. It weighs the prompt's subject (a name its
+  own sinks memorised) above the continuation, so it names the subject's source
+  even for a false continuation.
+
+The candidates are the sources the serving router finds for the *prompt* (a
+prompt names its subject; routing the continuation's words too brings in the
+sources that state the same answer of someone else) or a given list;
+forgotten sources are never candidates, and naming one is refused.
 """
 
 from __future__ import annotations
@@ -19,18 +30,19 @@ from nullearn.inference import Run
 from nullearn.router import PromptRouter
 from nullearn.switch import Switch
 
+SCORES = ("continuation", "text")
+
 
 @dataclasses.dataclass(frozen=True)
 class Attribution:
   source: int
-  gain: float  # nats per continuation token: backbone NLL minus the NLL with its sinks on
-  nll: float  # nats per continuation token with the source's sinks on
+  gain: float  # nats per scored token: backbone NLL minus the NLL with its sinks on
+  nll: float  # nats per scored token with the source's sinks on
 
 
-def candidates(run: Run, router: PromptRouter, prompt: str, continuation: str,
-               k: int) -> list[int]:
-  """The k sources the router finds for the prompt and continuation, forgotten ones never."""
-  return [r.source for r in router.top(f"{prompt} {continuation}", k, exclude=run.ledger.ids)]
+def candidates(run: Run, router: PromptRouter, prompt: str, k: int) -> list[int]:
+  """The k sources the router finds for the prompt, forgotten ones never."""
+  return [r.source for r in router.top(prompt, k, exclude=run.ledger.ids)]
 
 
 def continuation_row(run: Run, prompt: str, continuation: str) -> tuple[np.ndarray, int]:
@@ -48,14 +60,18 @@ def continuation_row(run: Run, prompt: str, continuation: str) -> tuple[np.ndarr
 
 
 def attribute(run: Run, prompt: str, continuation: str, sources: Sequence[int],
-              batch_size: int = 64) -> list[Attribution]:
-  """`sources` ranked by how much their sinks raise the continuation's likelihood."""
+              score: str = "continuation", batch_size: int = 64) -> list[Attribution]:
+  """`sources` ranked by how much their sinks raise the likelihood of the continuation
+  (or of the whole text, `score="text"`), best first."""
+  if score not in SCORES:
+    raise ValueError(f"--score: must be one of {SCORES}, got {score!r}")
   ids = np.asarray(sources, np.int64)
   if not ids.size:
     raise ValueError("--candidates: no candidate sources (is the router index empty, or is "
                      "every source forgotten?)")
   run.ledger.refuse(ids, "--candidates")
   row, start = continuation_row(run, prompt, continuation)
+  start = 1 if score == "text" else start  # everything after BOS
   nll = lambda switch, n: inference.row_nll(run, np.broadcast_to(row, (n, len(row))),
                                             np.full(n, start), np.full(n, len(row)), switch)
   backbone = float(nll(Switch.backbone(), 1)[0])

@@ -61,7 +61,11 @@ _FORMAT = flags.DEFINE_enum("format", "checkpoint", ["checkpoint", "hf"], "expor
 _SWITCH = flags.DEFINE_enum("switch", "expected", ["backbone", "expected"], "export "
                             "--format=hf: the switch folded into the weights.")
 _CANDIDATES = flags.DEFINE_list("candidates", None, "attribute: candidate sources, ids or "
-                                "names (default: the router's serve.candidates best).")
+                                "names (default: the router's serve.candidates best for the "
+                                "prompt).")
+_SCORE = flags.DEFINE_enum("score", "continuation", ["continuation", "text"], "attribute: rank "
+                           "by the sinks' gain on the continuation (whose sinks explain it) or on "
+                           "the whole text (which source most likely wrote it).")
 
 USAGE = """usage: nullearn <command> [flags]
 
@@ -83,6 +87,7 @@ serving (the run's forget ledger applied: its sources are never served):
                     --switch=backbone|expected]
   attribute         rank sources by how much their sinks raise a continuation: --workdir=RUN
                     --prompt=... --continuation=... [--candidates=IDS|NAMES]
+                    [--score=continuation|text]
 """
 
 
@@ -351,9 +356,8 @@ def attribute_main(argv):
   if _CANDIDATES.value:
     ids = _resolve(corpus, _CANDIDATES.value, "--candidates")
   else:
-    ids = attribution.candidates(run, run.router(), prompt, continuation,
-                                 _CONFIG.value.serve.candidates)
-  ranked = attribution.attribute(run, prompt, continuation, ids)
+    ids = attribution.candidates(run, run.router(), prompt, _CONFIG.value.serve.candidates)
+  ranked = attribution.attribute(run, prompt, continuation, ids, _SCORE.value)
   print(f"{'rank':>4}  {'source':>10}  {'gain':>8}  {'nll':>7}  name")
   for i, a in enumerate(ranked, start=1):
     print(f"{i:>4}  {a.source:>10}  {a.gain:>8.3f}  {a.nll:>7.3f}  {_name(corpus, a.source)}")

@@ -28,10 +28,11 @@ def workdir(world, tokenizer, tmp_path_factory):
   return root
 
 
-def logits(run, switch, tokens):
-  T = tokens.shape[1]
-  return np.asarray(run.model().module(tokens, np.ones((1, T), np.int32), np.arange(T)[None],
-                                       switch))
+def logits(run, switch, tokens_BxT):
+  """The model's logits, past the ledger's refusal (the weights are what is tested)."""
+  B, T = tokens_BxT.shape
+  return np.asarray(run.model().module(tokens_BxT, np.ones((B, T), np.int32),
+                                       np.broadcast_to(np.arange(T), (B, T)), switch))
 
 
 def sweep(geometry, layers):
@@ -50,14 +51,15 @@ def test_the_ledger_is_applied_at_load_and_refused(workdir, world):
   run = inference.load_run(workdir)
   assert run.ledger.ids.tolist() == sorted(FORGET) and not len(raw.ledger)
   tokens = run.tokenizer.encode_document(world.documents[5].text)[None, :24]
-  for s in sweep(run.model_cfg.geometry, range(2)):
-    if s in FORGET:
-      with pytest.raises(ledger.ForgottenSourceError, match=f"source {s} .* a test takedown"):
-        run.model()(tokens, np.ones_like(tokens), np.arange(24)[None], Switch.sources(s))
-      continue
-    np.testing.assert_allclose(logits(run, Switch.sources(s), tokens),
-                               logits(raw, Switch.sources(s, exclude=FORGET), tokens),
-                               rtol=1e-5, atol=1e-5)
+  kept = np.asarray([s for s in sweep(run.model_cfg.geometry, range(2)) if s not in FORGET])
+  rows = np.repeat(tokens, len(kept), axis=0)
+  np.testing.assert_allclose(logits(run, Switch.sources(kept[:, None]), rows),
+                             logits(raw, Switch.sources(kept[:, None], exclude=FORGET), rows),
+                             rtol=1e-5, atol=1e-5)
+  for s in FORGET:
+    with pytest.raises(ledger.ForgottenSourceError, match=f"source {s} .* a test takedown"):
+      run.model()(rows[:2], np.ones_like(rows[:2]), np.arange(24)[None],
+                  Switch.sources(np.array([[0], [s]])))
   probe = next(p for p in world.probes if p.source_id == FORGET[0])
   with pytest.raises(ledger.ForgottenSourceError):
     inference.generate(run, probe.prompt, Switch.sources(FORGET[0]))
@@ -78,10 +80,11 @@ def test_the_export_holds_no_forgotten_sink(workdir, world, tmp_path):
     np.testing.assert_array_equal(mlp["w_up"][:, kept],
                                   raw.params["blocks"][layer]["mlp"]["w_up"][:, kept])
   tokens = raw.tokenizer.encode_document(world.documents[7].text)[None, :24]
-  for s in sweep(geometry, range(2)):  # forgotten sources included: only their sinks are gone
-    np.testing.assert_allclose(logits(exported, Switch.sources(s), tokens),
-                               logits(raw, Switch.sources(s, exclude=FORGET), tokens),
-                               rtol=1e-5, atol=1e-5)
+  ids = np.asarray(sweep(geometry, range(2)))[:, None]  # the forgotten too: their sinks are gone
+  rows = np.repeat(tokens, len(ids), axis=0)
+  np.testing.assert_allclose(logits(exported, Switch.sources(ids), rows),
+                             logits(raw, Switch.sources(ids, exclude=FORGET), rows),
+                             rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(logits(exported, Switch.expected(), tokens),
                              logits(raw, Switch.expected(exclude=FORGET), tokens),
                              rtol=1e-5, atol=1e-5)
@@ -134,7 +137,8 @@ def test_hf_llama_export_gives_our_logits(tokenizer, world, tmp_path, switch):
   ids = tokenizer.encode_document(text)[:-1][None]
   ours = logits(run, Switch.backbone() if switch == "backbone" else Switch.expected(), ids)
   model = FlaxLlamaForCausalLM.from_pretrained(out)
-  np.testing.assert_allclose(np.asarray(model(ids).logits), ours, atol=1e-4, rtol=0)
+  theirs = jax.jit(lambda p, x: model(x, params=p).logits)(model.params, ids)
+  np.testing.assert_allclose(np.asarray(theirs), ours, atol=1e-4, rtol=0)
   config = json.loads((out / "config.json").read_text())
   assert config["intermediate_size"] == (8 if switch == "backbone" else 72)
   assert config["nullearn"]["removed_sources"] == [5]
