@@ -45,13 +45,17 @@ def candidates(run: Run, router: PromptRouter, prompt: str, k: int) -> list[int]
   return [r.source for r in router.top(prompt, k, exclude=run.ledger.ids)]
 
 
-def continuation_row(run: Run, prompt: str, continuation: str) -> tuple[np.ndarray, int]:
-  """(row, where the continuation starts). A prompt too long for the context is cut from the
-  left, as option scoring does; a continuation that does not fit is refused."""
+def check_text(prompt: str, continuation: str) -> None:
   if not prompt.strip():
     raise ValueError("--prompt: is empty")
   if not continuation.strip():
     raise ValueError("--continuation: is empty")
+
+
+def continuation_row(run: Run, prompt: str, continuation: str) -> tuple[np.ndarray, int]:
+  """(row, where the continuation starts). A prompt too long for the context is cut from the
+  left, as option scoring does; a continuation that does not fit is refused."""
+  check_text(prompt, continuation)
   cont = np.asarray(run.tokenizer.encode(continuation), np.int32)  # as an option is scored
   if len(cont) >= run.context:
     raise ValueError(f"--continuation: {len(cont)} tokens leave no room for a prompt in the "
@@ -65,12 +69,12 @@ def attribute(run: Run, prompt: str, continuation: str, sources: Sequence[int],
   (or of the whole text, `score="text"`), best first."""
   if score not in SCORES:
     raise ValueError(f"--score: must be one of {SCORES}, got {score!r}")
+  row, start = continuation_row(run, prompt, continuation)
   ids = np.asarray(sources, np.int64)
   if not ids.size:
-    raise ValueError("--candidates: no candidate sources (is the router index empty, or is "
-                     "every source forgotten?)")
+    raise ValueError("--candidates: no candidate sources (no source shares a word with the "
+                     "prompt, or every one is forgotten)")
   run.ledger.refuse(ids, "--candidates")
-  row, start = continuation_row(run, prompt, continuation)
   start = 1 if score == "text" else start  # everything after BOS
   nll = lambda switch, n: inference.row_nll(run, np.broadcast_to(row, (n, len(row))),
                                             np.full(n, start), np.full(n, len(row)), switch)

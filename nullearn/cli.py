@@ -273,10 +273,12 @@ def generate_main(argv):
   from nullearn import inference
   from nullearn import router as router_lib
   from nullearn.switch import Switch
-  run = inference.load_run(_workdir())
   prompt, serve = _required(_PROMPT, "the text to continue"), _CONFIG.value.serve
+  if not prompt.strip():
+    raise ValueError("--prompt: is empty")
   if _SOURCE.value is not None and _ROUTE.value:
     raise app.UsageError("--source and --route: give one or neither")
+  run = inference.load_run(_workdir())
   switch = router_lib.fallback(serve.fallback)
   if _SOURCE.value is not None:
     (source,) = _resolve(_corpus(run.meta), [_SOURCE.value], "--source")
@@ -298,18 +300,19 @@ def forget_main(argv):
   from nullearn import surgery
   from nullearn.masks import SinkGeometry
   workdir = _workdir()
+  meta = _run_meta(workdir)  # a run: no ledger is kept for a directory that is none
   if _LIST.value:
     print(ledger_lib.format_entries(ledger_lib.read(workdir).entries))
     return
   specs = _required(_SOURCES, "ids or names of the sources to forget")
-  meta = _run_meta(workdir)
+  reason = ledger_lib.check_reason(_REASON.value)
   geometry = SinkGeometry.from_dict(meta["sink_geometry"])
   if not geometry.pool:
     raise ValueError(f"--workdir: {workdir} is a plain transformer (pool 0): it has no sinks to "
                      "switch a source off with")
   corpus = _corpus(meta)
   ids = _resolve(corpus, specs, "--sources")
-  entries = ledger_lib.append(workdir, [(i, _name(corpus, i)) for i in ids], _REASON.value or "")
+  entries = ledger_lib.append(workdir, [(i, _name(corpus, i)) for i in ids], reason)
   for e in entries:
     print(f"forgot source {e.id} ({e.name!r}): {e.reason}")
   ledger = ledger_lib.read(workdir)
@@ -323,7 +326,7 @@ def export_main(argv):
   del argv
   from nullearn import evaluate, export, inference
   from nullearn import ledger as ledger_lib
-  workdir, out = _workdir(), _out("the export directory")
+  workdir, out = _workdir(), export.check_out(_out("the export directory"))
   if _FORMAT.value == "hf":
     path = export.export_hf(inference.load_run(workdir), out, _SWITCH.value)
     print(f"wrote a transformers Llama ({_SWITCH.value} switch folded in) to {path}")
@@ -349,9 +352,10 @@ def export_main(argv):
 def attribute_main(argv):
   del argv
   from nullearn import attribution, inference
-  run = inference.load_run(_workdir())
   prompt = _required(_PROMPT, "the text before the continuation")
   continuation = _required(_CONTINUATION, "the text whose source is sought")
+  attribution.check_text(prompt, continuation)
+  run = inference.load_run(_workdir())
   corpus = _corpus(run.meta)
   if _CANDIDATES.value:
     ids = _resolve(corpus, _CANDIDATES.value, "--candidates")

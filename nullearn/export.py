@@ -37,10 +37,16 @@ from nullearn.results import Summary
 SAMPLE = 100_000  # other sources sampled for the collateral report of a lazy corpus
 
 
-def _fresh(out: str | epath.PathLike) -> epath.Path:
+def check_out(out: str | epath.PathLike) -> epath.Path:
+  """An export never overwrites: `out` must be new or empty."""
   out = epath.Path(out)
   if out.exists() and any(out.iterdir()):
     raise ValueError(f"--out: {out} exists and is not empty; export into a new directory")
+  return out
+
+
+def _fresh(out: str | epath.PathLike) -> epath.Path:
+  out = check_out(out)
   out.mkdir(parents=True, exist_ok=True)
   return out
 

@@ -152,13 +152,12 @@ def append(workdir: str | epath.PathLike, sources: Sequence[tuple[int, str]], re
   if "://" in str(p):
     raise ValueError(f"{p}: the forget ledger is appended on a local (POSIX) filesystem, where "
                      "appends are atomic; forget on a local copy of the run and upload it")
-  if not reason.strip():
-    raise ValueError("--reason: say why the sources are forgotten (it is kept in the ledger)")
+  reason = check_reason(reason)
   if not sources:
     raise ValueError("--sources: no sources to forget")
   now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
   user = user or _user()
-  entries = list({int(i): Entry(check_source_id(int(i)), name, reason.strip(), now, user)
+  entries = list({int(i): Entry(check_source_id(int(i)), name, reason, now, user)
                   for i, name in sources}.values())
   data = "".join(e.line() for e in entries).encode()
   fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -174,6 +173,13 @@ def append(workdir: str | epath.PathLike, sources: Sequence[tuple[int, str]], re
   finally:
     os.close(fd)  # releases the lock
   return entries
+
+
+def check_reason(reason: str | None) -> str:
+  """The reason, stripped; an empty one is refused (the ledger keeps why)."""
+  if not (reason or "").strip():
+    raise ValueError("--reason: say why the sources are forgotten (it is kept in the ledger)")
+  return reason.strip()
 
 
 def _user() -> str:
