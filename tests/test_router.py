@@ -4,7 +4,8 @@ import bm25s
 import numpy as np
 import pytest
 
-from nullearn import router
+from nullearn import router, routing
+from nullearn.data import factworld
 from nullearn.switch import Switch
 
 
@@ -94,3 +95,14 @@ def test_source_ids_must_ascend(tmp_path):
 def test_a_missing_index_says_how_to_build_it(tmp_path):
   with pytest.raises(FileNotFoundError, match="nullearn router --workdir"):
     router.PromptRouter.load(tmp_path / "router")
+
+
+def test_source_routing_stays_in_the_region(world):
+  """A forgotten source's query (its leading words less its own name) finds its region."""
+  index = router.PromptRouter.in_memory(router.source_texts(world.documents, 100))
+  text = routing.TextRouter(index, world.documents, 100)
+  forget = set(factworld.choose_forget_set(world, 10, seed=0))
+  for f in forget:
+    got = text.route(f, forget)
+    assert got not in forget and world.groups[got] == world.groups[f]
+  assert text.route_docs([world.documents[4]], {4}) == {4: text.route(4, {4})}
