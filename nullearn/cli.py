@@ -37,7 +37,7 @@ _ORACLE = flags.DEFINE_string("oracle", None, "eval: workdir of a model retraine
 _PLAIN = flags.DEFINE_string("plain", None, "eval: workdir of a plain transformer trained on "
                              "the same data.")
 _FORGET = flags.DEFINE_list("forget", None, "eval: sources to forget, ids or names "
-                            "(default: --config.eval.forget).")
+                            "(default: --config.eval.forget, else the run's forget ledger).")
 _CORPUS = flags.DEFINE_string("corpus", None, "eval: documents .jsonl (default: the corpus "
                               "the checkpoint was trained on).")
 _FORCE = flags.DEFINE_bool("force", False, "eval: compare with an oracle or plain model that "
