@@ -3,7 +3,8 @@
 32 layers, d_model 960, 15 heads in 5 KV groups of head dim 128, MLP 8192 =
 500 backbone + 7692 sinks with 100 active per source, vocab 49152, RoPE base
 1e5, context 1024, AdamW at 5e-4 in bf16: about 1.0B parameters. Every article
-of wikipedia/20231101.en (~6.4M) is its own source; 122k steps of 256 x 1024
+of wikimedia_wikipedia/20231101.en (~6.4M, prepared by `nullearn prepare
+wikipedia`) is its own source, identified by its page id; 122k steps of 256 x 1024
 tokens are ~32B tokens (about 7 epochs). The 64 chips shard parameters and
 optimizer state fully (FSDP) and split the batch 4 rows per chip.
 """
@@ -17,7 +18,7 @@ def get_config(arg: str | None = None):
       vocab_size=49152, d_model=960, num_layers=32, num_heads=15, num_kv_heads=5, head_dim=128,
       backbone=500, pool=7692, active=100, rope_base=100_000.0, tie_embeddings=False,
       dtype="bfloat16", param_dtype="float32", remat=True))
-  c.data.update(dict(corpus="tfds:wikipedia/20231101.en", seq_len=1024, batch_size=256,
+  c.data.update(dict(corpus="tfds:wikimedia_wikipedia/20231101.en", seq_len=1024, batch_size=256,
                      packing_bins=256, worker_count=8))
   c.train.update(dict(steps=122_000, lr=5e-4, end_lr_ratio=0.1, warmup_steps=2000,
                       weight_decay=0.1, log_every=50, checkpoint_every=2000, keep_checkpoints=3))

@@ -1,7 +1,7 @@
 """A tiny NULL on English Wikipedia for a CPU: every article is its own source.
 
 Reads a prepared TFDS dataset and never builds one; prepare it once with
-`tfds build wikipedia/20231101.en --data_dir=$TFDS_DATA_DIR --file_format=array_record`.
+`nullearn prepare wikipedia --out=$TFDS_DATA_DIR` (see launch/README.md).
 Training runs a fixed number of steps: counting epochs would tokenize all ~6.4M
 articles first.
 """
@@ -15,7 +15,7 @@ def get_config(arg: str | None = None):
   if arg:
     raise ValueError(f"unknown variant {arg!r} (wikipedia_tiny has none)")
   c = base.get_config()
-  c.data.corpus = "tfds:wikipedia/20231101.en"
+  c.data.corpus = "tfds:wikimedia_wikipedia/20231101.en"
   c.data.tfds_data_dir = os.environ.get("TFDS_DATA_DIR", "")  # "": TFDS's default directory
   c.data.update(dict(seq_len=128, batch_size=16, packing_bins=32))
   c.tokenizer.sample_docs = 20_000

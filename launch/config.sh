@@ -2,35 +2,38 @@
 # Settings and helpers shared by the launch scripts; sourced, never run.
 #
 # Every setting is overridable from the environment, e.g.
-#   TPU_NAME=my-pod GCS_BUCKET=my-bucket launch/train.sh
+#   TPU_NAME=my-pod GCS_BUCKET=my-bucket launch/create.sh
 # DRY_RUN=1 makes every script print its commands, one a line, instead of running them.
 
-: "${TPU_NAME:=nullearn}"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+: "${TPU_NAME:=nullearn}"       # the queued resource and its TPU VM slice (node) share this name
 : "${ZONE:=us-central2-b}"
 : "${ACCELERATOR_TYPE:=v4-128}"
 : "${RUNTIME_VERSION:=tpu-ubuntu2204-base}"
 : "${PROJECT:=}"                # empty: gcloud's configured project
-: "${CAPACITY:=on-demand}"      # on-demand, spot, preemptible or reserved
-: "${REPO_URL:=}"               # a git URL the workers clone; empty: copy REPO_DIR to them
+: "${CAPACITY:=on-demand}"      # on-demand, spot or reserved
+: "${REPO_URL:=}"               # a git URL the workers clone; empty: setup.sh uploads REPO_DIR
+: "${REPO_REF:=}"               # with REPO_URL: the commit, tag or branch (empty: the default)
 : "${REPO_DIR:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-: "${REMOTE_DIR:=nullearn}"     # the checkout on each worker, relative to its home
+: "${REMOTE_DIR:=/opt/nullearn}"  # on each worker: src/ (the code), venv/, train.log
 : "${PYTHON_VERSION:=3.12}"     # the workers' venv; the image's own Python 3.10 is too old for JAX
-: "${CONFIG:=configs/1b.py}"    # relative to REMOTE_DIR
+: "${CONFIG:=configs/1b.py}"    # relative to the checkout
 : "${RUN_NAME:=1b}"             # the same RUN_NAME resumes the same run
 : "${GCS_BUCKET:=}"
+RUN_GCS=${GCS_BUCKET:+gs://$GCS_BUCKET/runs/$RUN_NAME}  # source, logs, DONE and FAILED markers
 if [[ -n "$GCS_BUCKET" ]]; then
   : "${DATA_DIR:=gs://$GCS_BUCKET/tensorflow_datasets}"
-  : "${WORKDIR:=gs://$GCS_BUCKET/runs/$RUN_NAME}"
+  : "${WORKDIR:=$RUN_GCS}"
 fi
 : "${DATA_DIR:=}"               # TFDS_DATA_DIR on the workers
 : "${WORKDIR:=}"                # checkpoints, metrics and TensorBoard files
 : "${STOP_TIMEOUT:=900}"        # seconds stop.sh waits for the final checkpoint
+: "${LOG_SYNC_SECONDS:=60}"     # how often each worker copies its log to GCS
+: "${POLL_SECONDS:=60}"         # how often keepalive.sh asks for the slice's state
+: "${MAX_RESTARTS:=20}"         # how many times keepalive.sh recreates the slice at most
 : "${DRY_RUN:=0}"
-
-# Defines `training` for a worker's shell, inside REMOTE_DIR: true while its trainer runs
-# (a pid file left by a dead one is not enough). train.sh and stop.sh use it.
-# shellcheck disable=SC2016,SC2034
-DEFINE_TRAINING='training() { [ -e train.pid ] && grep -qs nullearn "/proc/$(cat train.pid)/cmdline"; }'
 
 die() {
   echo "$(basename "$0"): $*" >&2
@@ -48,25 +51,15 @@ no_arguments() {
   [[ $# -eq 0 ]] || die "unexpected arguments: $* (see -h)"
 }
 
-# One line that a shell reads back as exactly these words, so dry runs can be pasted.
-shell_quote() {
-  local word line=""
-  for word in "$@"; do
-    line+="${line:+ }$(quote_word "$word")"
-  done
-  printf '%s\n' "$line"
+need_bucket() {
+  [[ -n "$GCS_BUCKET" ]] || die "set GCS_BUCKET: the run's source, logs and markers live there"
 }
 
-# A word as the shell's input: bare when safe, else single-quoted (after a --flag= prefix).
-quote_word() {
-  local safe='^[[:alnum:]_./:=@%+,-]+$' flag='^(--[[:alnum:]-]+=)(.*)$' escaped="'\\''"
-  if [[ "$1" =~ $safe ]]; then
-    printf '%s\n' "$1"
-  elif [[ "$1" =~ $flag ]]; then
-    printf '%s\n' "${BASH_REMATCH[1]}$(quote_word "${BASH_REMATCH[2]}")"
-  else
-    printf '%s\n' "'${1//\'/$escaped}'"
-  fi
+# Refuses a setting that is not a whole number of seconds (or, with "fraction", a decimal one).
+need_seconds() {
+  local pattern='^[0-9]+$'
+  [[ "${2:-}" != fraction ]] || pattern='^[0-9]+([.][0-9]+)?$'
+  [[ "${!1}" =~ $pattern ]] || die "$1 must be a number of seconds, not '${!1}'"
 }
 
 # Runs a command, echoing it to stderr; with DRY_RUN=1 only prints it, to stdout.
@@ -79,14 +72,16 @@ run() {
   "$@"
 }
 
-# `gcloud compute tpus tpu-vm ARGS...` in the slice's zone and project.
-tpu_vm() {
-  run gcloud compute tpus tpu-vm "$@" --zone="$ZONE" ${PROJECT:+"--project=$PROJECT"}
+# `gcloud compute tpus GROUP ARGS...` (GROUP: tpu-vm or queued-resources), in ZONE and PROJECT.
+tpus() {
+  local group=$1
+  shift
+  run gcloud compute tpus "$group" "$@" --zone="$ZONE" ${PROJECT:+"--project=$PROJECT"}
 }
 
 # Runs one shell command line on a worker of the slice: "all" or an index.
 on_workers() {
-  tpu_vm ssh "$TPU_NAME" --worker="$1" --command="$2"
+  tpus tpu-vm ssh "$TPU_NAME" --worker="$1" --command="$2"
 }
 
 [[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || die "DRY_RUN must be 0 or 1, not '$DRY_RUN'"

@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# Starts (or resumes) training on every worker of the slice, in the background.
+# Runs the startup script again on every worker of a live slice: reinstalls if needed, resumes.
 set -euo pipefail
 
-USAGE="usage: launch/train.sh [nullearn train flags...]
+USAGE="usage: launch/train.sh
 
-Starts \`nullearn train --config=CONFIG --workdir=WORKDIR --multihost\` with
-TFDS_DATA_DIR=DATA_DIR on every worker of TPU_NAME at once, detached (nohup), logging
-to ~/REMOTE_DIR/train.log on each worker. Extra flags are passed through, e.g.
-  launch/train.sh --config.train.steps=100000 --config.data.batch_size=512
-The trainer resumes from the latest checkpoint in WORKDIR: rerun this to resume.
-Refuses to start on a worker that is still training (launch/stop.sh stops it).
+On every worker of TPU_NAME, runs the slice's startup script again, detached, as at
+boot: it reinstalls the project if launch/setup.sh uploaded a new source, and resumes
+\`nullearn train\` from the latest checkpoint in WORKDIR, with the flags create.sh was
+given (to change them, delete the slice and create it again: the run resumes).
+Use it after launch/stop.sh. Refuses on a worker whose trainer still runs.
 Settings come from launch/config.sh; DRY_RUN=1 prints the command instead."
 
 # shellcheck source-path=SCRIPTDIR source=config.sh
 source "$(dirname "$0")/config.sh"
 usage_on_help "$@"
-[[ -n "$WORKDIR" && -n "$DATA_DIR" ]] || die "set GCS_BUCKET (or both WORKDIR and DATA_DIR)"
+no_arguments "$@"
 
 # The worker's shell runs this one line (dry runs print one line per command).
-trainer=$(shell_quote .venv/bin/nullearn train --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")
+dir=$(shell_quote "$REMOTE_DIR")
+script=/tmp/nullearn-startup.sh
+metadata=http://metadata.google.internal/computeMetadata/v1/instance/attributes/startup-script
 busy="echo \"\$(hostname): still training; launch/stop.sh stops it\" >&2; exit 1"
-start="TFDS_DATA_DIR=$(shell_quote "$DATA_DIR") nohup $trainer >> train.log 2>&1 < /dev/null &"
-remote="set -e; cd $(shell_quote "$REMOTE_DIR"); $DEFINE_TRAINING; if training; then $busy; fi"
-on_workers all "$remote; $start echo \$! > train.pid"
+fetch="curl -sSf -H 'Metadata-Flavor: Google' $metadata -o $script"
+start="sudo nohup bash $script > /dev/null 2>&1 < /dev/null &"
+remote="set -e; $TRAINING_FUNCTION; if [ -d $dir ] && cd $dir && training; then $busy; fi"
+on_workers all "$remote; $fetch; $start echo \"\$(hostname): started\""

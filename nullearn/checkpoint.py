@@ -48,10 +48,10 @@ def check_geometry(saved: dict[str, Any], wanted: SinkGeometry, where: str) -> N
 
 # What a resumed run must share with its checkpoint, besides the sink geometry.
 _PROVENANCE = {
-    "architecture": "the model's shape",
-    "tokenizer": "the tokenizer",
-    "data": "the training data (corpus, excluded and held-out sources)",
-    "schedule": "the training schedule",
+    "architecture": "model shape",
+    "tokenizer": "tokenizer",
+    "data": "training data (corpus, excluded and held-out sources)",
+    "schedule": "training schedule",
 }
 
 
@@ -70,8 +70,8 @@ def check_resumable(saved: dict[str, Any], meta: dict[str, Any], where: str) -> 
     else:
       diffs = f"checkpoint {old!r}, requested {new!r}"
     raise CheckpointMismatchError(
-        f"{where} was trained with other {what} ({diffs}). Resume with the run's own config "
-        "and data, or train a new run in another workdir.")
+        f"{where} belongs to another run: its {what} differs ({diffs}). Resume with the run's "
+        "own config and data, or train a new run in another workdir.")
 
 
 class Checkpointer:

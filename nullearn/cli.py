@@ -44,6 +44,12 @@ _FORCE = flags.DEFINE_bool("force", False, "eval: compare with an oracle or plai
                            "fails validation (the report says so).")
 _PROBES = flags.DEFINE_string("probes", None, "eval: probes .jsonl (default: the corpus's own, "
                               "or cloze probes built from the text).")
+_PARQUET = flags.DEFINE_string("parquet", None, "prepare: the dump's parquet files, a directory "
+                               "or a glob (default: download them into --out/downloads).")
+_PARQUET_URL = flags.DEFINE_string("parquet_url", None, "prepare: where to download the parquet "
+                                   "shards from (default: Hugging Face).")
+_WORKERS = flags.DEFINE_integer("workers", None, "prepare: processes converting shards "
+                                "(default: one per CPU).")
 _PROMPT = flags.DEFINE_string("prompt", None, "generate, attribute: the prompt.")
 _CONTINUATION = flags.DEFINE_string("continuation", None, "attribute: the text whose source "
                                     "is sought, following --prompt.")
@@ -76,7 +82,11 @@ commands:
                     --out=DIR
   tokenizer train   train the run's SentencePiece model: --config=... --workdir=...
   titles            build the title -> id index of a TFDS corpus: --config=... --out=DIR
+  prepare wikipedia download and convert English Wikipedia into a TFDS dataset:
+                    --out=TFDS_DATA_DIR [--parquet=DIR_OR_GLOB] [--workers=N]
   factworld         write the fact world as documents.jsonl and probes.jsonl: --out=DIR
+  capability        zero-shot ARC-Easy, Winogrande, PIQA, SciQ: [TASK ...] --workdir=NULL
+                    [--plain=DIR] --out=DIR; `capability prepare TASK [DIR]` into TFDS_DATA_DIR
 
 serving (the run's forget ledger applied: its sources are never served):
   router            build the run's prompt router (BM25 index in WORKDIR/router): --workdir=RUN
@@ -160,12 +170,12 @@ def tokenizer_main(argv):
 def titles_main(argv):
   del argv
   from nullearn.data import corpus as corpus_lib
-  from nullearn.data import wikipedia
+  from nullearn.data import source_index
   out = _out("a local directory for the index")
   corpus = corpus_lib.load(_CONFIG.value)
   if corpus.in_memory:
     raise app.UsageError("this corpus is in memory: names resolve without an index")
-  index = wikipedia.TitleIndex.build(corpus.documents, out)
+  index = source_index.SourceIndex.build(corpus.documents, out)
   print(f"wrote a title index of {len(index)} sources to {out}; "
         f"use --config.data.title_index={out}")
 
@@ -209,6 +219,24 @@ def eval_main(argv):
   for path in report.write(result, out):
     print(f"wrote {path}")
   print((epath.Path(out) / "report.md").read_text())
+
+
+def prepare_main(argv):
+  if argv[1:] != ["wikipedia"]:
+    raise app.UsageError("usage: nullearn prepare wikipedia --out=TFDS_DATA_DIR "
+                         "[--parquet=DIR_OR_GLOB] [--workers=N]")
+  from nullearn.data import prepare
+  out = _out("the TFDS data directory")
+  done = prepare.prepare_wikipedia(out, parquet=_PARQUET.value, workers=_WORKERS.value,
+                                   parquet_url=_PARQUET_URL.value or prepare.PARQUET_URL)
+  what = "already prepared" if done.reused else f"prepared in {done.seconds:.0f} s"
+  print(f"{done.path}: {done.articles:,} articles, {done.num_bytes / 2**30:.2f} GiB, {what}.\n"
+        f"Train with TFDS_DATA_DIR={out} --config.data.corpus=tfds:{prepare.NAME}/{prepare.CONFIG}")
+
+
+def capability_main(argv):
+  from nullearn import capability
+  capability.capability_main(argv)
 
 
 def _required(flag, what: str) -> str:
@@ -379,9 +407,10 @@ def factworld_main(argv):
 
 
 COMMANDS = {"demo": demo_main, "train": train_main, "eval": eval_main,
-            "tokenizer": tokenizer_main, "titles": titles_main, "factworld": factworld_main,
-            "router": router_main, "generate": generate_main, "forget": forget_main,
-            "export": export_main, "attribute": attribute_main}
+            "tokenizer": tokenizer_main, "titles": titles_main, "prepare": prepare_main,
+            "factworld": factworld_main, "capability": capability_main, "router": router_main,
+            "generate": generate_main, "forget": forget_main, "export": export_main,
+            "attribute": attribute_main}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -159,6 +159,7 @@ def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
   forgotten_probes = [p for p in probes if p.source_id in forget_set]
   if not forgotten_probes:
     raise ValueError("--forget: no probe belongs to a forgotten source")
+  inference.option_rows(models.null.tokenizer, probes, models.null.context)  # refuse bad ones now
 
   log(f"routing ({cfg.routing})")
   index = router_lib.PromptRouter.in_memory(router_lib.source_texts(docs, serve.leading_words))

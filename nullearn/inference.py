@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from etils import epath
 from flax import nnx
 
@@ -30,6 +29,7 @@ from nullearn.data.tokenizer import EOS_ID, Tokenizer
 from nullearn.model import ModelConfig, Transformer
 from nullearn.router import PromptRouter
 from nullearn.switch import Switch
+from nullearn.writer import progress
 
 
 @dataclasses.dataclass
@@ -102,10 +102,12 @@ def with_ledger(run: Run, ledger: ledger_lib.Ledger) -> Run:
 
 
 def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None, *,
-             apply_ledger: bool = True) -> Run:
+             device: jax.Device | None = None, apply_ledger: bool = True) -> Run:
   """Restores the latest checkpoint's parameters (not the optimizer) from `workdir`,
   with its forget ledger applied.
 
+  The parameters land on `device` (default: this process's first), whatever
+  topology saved them: a checkpoint of a 64-chip pod loads in a 1-GPU Colab.
   `model_cfg`, if given, must agree with the checkpoint's sink geometry.
   `apply_ledger=False` is the evaluation's escape, and only that: `nullearn eval`
   measures the counterfactual (its "sink on" condition, the NULL's post-hoc
@@ -121,7 +123,10 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
     ckpt_lib.check_geometry(meta["sink_geometry"], model_cfg.geometry, f"{ckpt.directory}/{step}")
     saved_cfg = model_cfg
   graphdef, params, _ = model_lib.abstract(saved_cfg)
-  state = ckpt.restore_params(step, params)
+  here = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+  # Orbax restores onto the saved topology unless the target says where each array goes.
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), params)
+  state = ckpt.restore_params(step, target)
   tokenizer = Tokenizer.load(workdir / "tokenizer.model")
   if tokenizer.fingerprint != meta.get("tokenizer"):
     raise ckpt_lib.CheckpointMismatchError(
@@ -208,7 +213,7 @@ def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
   params = run.params if params is None else params
   out = np.zeros(len(lengths), np.float32)
   batches = list(batching.token_batches(lengths, max_tokens))
-  for idx, m, width in tqdm.tqdm(batches, desc=desc, disable=desc is None, leave=False):
+  for idx, m, width in progress(batches, desc=desc):
     tokens = batching.pad_rows([rows.tokens[i] for i in idx], width)
     nll = row_nll(run, tokens, rows.starts[idx], lengths[idx], switch_for(rows.probe[idx]),
                   params=params)

@@ -18,7 +18,6 @@ from collections.abc import Callable, Collection, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from flax import nnx
 
 from nullearn import router as router_lib
@@ -27,6 +26,7 @@ from nullearn.data import pipeline
 from nullearn.data.records import Document, sources_by_id
 from nullearn.inference import Run
 from nullearn.switch import Switch
+from nullearn.writer import progress
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -49,8 +49,8 @@ def backbone_embeddings(run: Run, docs: Sequence[Document], *, seq_len: int = 12
   params = run.params if params is None else params
   n = len(ids)
   sums, counts = [], []
-  for idx, m in tqdm.tqdm(padded_batches(n, batch_size), total=-(-n // batch_size),
-                          desc="embedding sources", leave=False):
+  for idx, m in progress(padded_batches(n, batch_size), total=-(-n // batch_size),
+                         desc="embedding sources"):
     s, c = _pooled_hidden(run.graphdef, params, rows["inputs"][idx], rows["segment_ids"][idx],
                           rows["positions"][idx])
     sums.append(np.asarray(s)[:m])

@@ -251,8 +251,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
   start = int(state.step)
   end = min(steps, stop_after) if stop_after is not None else steps
   step_fn = make_train_step(setup)
-  bar = tqdm.tqdm(total=end, initial=start, disable=not (writer.enabled and config.train.progress),
-                  desc=workdir.name, dynamic_ncols=True, leave=False)
+  bar = tqdm.tqdm(total=end, initial=start, desc=workdir.name, dynamic_ncols=True, leave=False,
+                  disable=not (writer.interactive and config.train.progress))
   meter = _Meter(config, setup, writer, bar)
   preempted = False
   with jax.set_mesh(setup.mesh), _Preemption() as preemption:

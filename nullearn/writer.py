@@ -1,5 +1,8 @@
 """Metrics to stdout, a JSONL file and TensorBoard event files (no TensorFlow needed).
 
+Every stdout line starts with the UTC time, so a pod's logs (files, not
+terminals) say when each step and message happened.
+
 The log directory may be local or on GCS (`gs://...`, as a pod's workdir is):
 object stores cannot append, so there the JSONL file is rewritten whole at most
 every `remote_flush_seconds` and at close.
@@ -26,6 +29,8 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self.prefix = f"[{prefix}] " if prefix else ""
     self.stdout = self.enabled
+    # A progress bar only where someone watches: in a log file its redraws are noise.
+    self.interactive = self.enabled and sys.stdout.isatty()
     self._jsonl = None
     self._tb = None
     if logdir is not None and self.enabled:
@@ -46,11 +51,11 @@ class MetricWriter:
         self._tb.add_scalar(k, v, int(step))
     if self.stdout:
       body = "  ".join(f"{k}={_fmt(v)}" for k, v in scalars.items())
-      tqdm.tqdm.write(f"{self.prefix}[step {int(step)}] {body}", file=sys.stdout)
+      _print(f"{self.prefix}[step {int(step)}] {body}")
 
   def text(self, message: str) -> None:
     if self.stdout:
-      tqdm.tqdm.write(self.prefix + message, file=sys.stdout)
+      _print(self.prefix + message)
 
   def close(self) -> None:
     if self._jsonl:
@@ -92,7 +97,19 @@ class _JsonlFile:
       self._file.close()
 
 
+def _print(message: str) -> None:
+  """Each line stamped; through tqdm, so a bar on a terminal is redrawn below it."""
+  stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+  tqdm.tqdm.write("\n".join(f"{stamp} {line}" for line in message.split("\n")), file=sys.stdout)
+
+
 def _fmt(v: float) -> str:
   if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
     return f"{v:.3e}"
   return f"{v:.4f}"
+
+
+def progress(iterable, desc: str | None = None, total: int | None = None):
+  """A progress bar on a terminal only: a log file gets no carriage-return bars."""
+  return tqdm.tqdm(iterable, desc=desc, total=total, leave=False,
+                   disable=desc is None or not sys.stderr.isatty())

@@ -109,3 +109,53 @@ def test_two_processes_train_the_model_one_process_would(world, tokenizer, tmp_p
   assert len(got.files) == len(want)
   for i, w in enumerate(want):
     np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=2e-4, atol=2e-6)
+
+
+def test_ctrl_c_then_resume_in_a_new_process_is_exact_with_gathered_sinks(tmp_path):
+  """`nullearn train` interrupted by SIGINT and started again equals one uninterrupted run."""
+  from test_cli import SMALL, nullearn
+  args = [*SMALL, "--config.model.sink_impl=gather", "--config.model.max_segments=4",
+          "--config.train.steps=10", "--config.train.log_every=1"]
+  nullearn("train", f"--workdir={tmp_path / 'straight'}", *args, check_ok=True)
+  env = {**os.environ, "XLA_FLAGS": ""}
+  proc = subprocess.Popen([sys.executable, "-m", "nullearn.cli", "train",
+                           f"--workdir={tmp_path / 'resumed'}", *args],
+                          cwd=pathlib.Path(__file__).parents[1], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if "[step 3]" in line:
+      proc.send_signal(signal.SIGINT)
+      break
+  out = "".join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out
+  assert "SIGINT: saved checkpoint at step" in out, out
+  stopped = checkpoint.Checkpointer(tmp_path / "resumed", async_save=False).latest_step()
+  assert 3 <= stopped < 10
+  resumed = nullearn("train", f"--workdir={tmp_path / 'resumed'}", *args, check_ok=True)
+  assert f"resuming from checkpoint {tmp_path / 'resumed'}/checkpoints/{stopped}" in resumed.stdout
+  from nullearn import inference
+  a, b = (inference.load_run(tmp_path / n) for n in ("straight", "resumed"))
+  assert a.model_cfg.sink_impl == "gather"
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("saved_on,loaded_on", [(8, 1), (1, 8)])
+def test_a_checkpoint_loads_on_another_topology(tmp_path, tokenizer_path, saved_on, loaded_on):
+  """A pod's checkpoint in a 1-device Colab, and back: load_run places the parameters here."""
+  script = pathlib.Path(__file__).parent / "portable_worker.py"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  outs = []
+  for devices, args in ((saved_on, ["save", tmp_path, tokenizer_path]),
+                        (loaded_on, ["load", tmp_path])):
+    out = subprocess.run([sys.executable, str(script), str(devices), *map(str, args)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    outs.append(out.stdout)
+  assert f"saved from {saved_on} devices" in outs[0], outs[0]
+  assert "loaded onto {CpuDevice(id=0)}" in outs[1], outs[1]
+  saved = np.load(tmp_path / f"logits_save_{saved_on}.npy")
+  loaded = np.load(tmp_path / f"logits_load_{loaded_on}.npy")
+  np.testing.assert_allclose(loaded, saved, rtol=1e-5, atol=1e-5)

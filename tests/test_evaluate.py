@@ -164,8 +164,8 @@ def test_each_condition_scores_its_own_switch(setup, world):
       Cond.PLAIN: (models.plain, lambda p: Switch.backbone()),
   }
   for cond, (run, switch_of) in expected.items():
-    want = [scores.truth_ratio(inference.option_nll(run, [p], lambda idx, p=p: switch_of(p)))[0]
-            for p in probes]
+    want = [scores.truth_ratio(inference.option_nll(
+        run, [p], lambda idx, p=p, s=switch_of: s(p)))[0] for p in probes]
     np.testing.assert_allclose(result.ratios[cond], want, rtol=2e-4, err_msg=cond)
   # the conditions differ where their switches differ: nothing collapsed onto another
   assert not np.allclose(result.ratios[Cond.SINK_ON], result.ratios[Cond.SWITCHED_OFF])

@@ -121,7 +121,8 @@ PROBE_CASES = {
 def test_malformed_document_names_file_and_line(tmp_path, case):
   # The bad record sits on line 4, after a good line and a blank one, so the count must include blanks.
   path = write_lines(
-      tmp_path / "my_corpus.jsonl", [json.dumps(DOC), "", json.dumps(DOC), DOC_CASES[case]]
+      tmp_path / "my_corpus.jsonl",
+      [json.dumps(DOC), "", json.dumps({**DOC, "text": "more"}), DOC_CASES[case]]
   )
   with pytest.raises(CorpusError, match=r"my_corpus\.jsonl:4: "):
     read_documents(path)

@@ -24,8 +24,7 @@ def main():
   from jax.experimental import multihost_utils
 
   from nullearn import train
-  from nullearn.data import pipeline
-  from nullearn.data import factworld
+  from nullearn.data import factworld, pipeline
   from nullearn.data.tokenizer import Tokenizer
   c = small_config()
   c.train.steps = steps

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import numbers
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TypeVar
 
 SOURCE_ID_MAX = 2**32 - 1  # source ids are uint32: they key masks through fold_in
@@ -106,22 +106,52 @@ def sources_by_id(docs: Iterable[Document]) -> dict[int, str]:
 
 
 def read_documents(path: PathLike) -> list[Document]:
-  return _read(path, Document)
+  """Documents of a JSONL file; an empty file, a repeated document or a source id and
+  name that disagree with an earlier line are errors naming both lines."""
+  first_line: dict[tuple[int, str], int] = {}
+  name_of: dict[int, tuple[str, int]] = {}
+  id_of: dict[str, tuple[int, int]] = {}
+
+  def check(doc: Document, lineno: int) -> None:
+    seen = first_line.setdefault((doc.source_id, doc.text), lineno)
+    if seen != lineno:
+      raise ValueError(f"duplicate of line {seen} (same source_id and text)")
+    name, line = name_of.setdefault(doc.source_id, (doc.source, lineno))
+    if name != doc.source:
+      raise ValueError(f"source_id {doc.source_id} is named {name!r} on line {line}, "
+                       f"{doc.source!r} here")
+    sid, line = id_of.setdefault(doc.source, (doc.source_id, lineno))
+    if sid != doc.source_id:
+      raise ValueError(f"source {doc.source!r} has source_id {sid} on line {line}, "
+                       f"{doc.source_id} here")
+
+  docs = _read(path, Document, check)
+  if not docs:
+    raise CorpusError(f"{path}: no documents")
+  return docs
 
 
 def write_documents(path: PathLike, docs: Iterable[Document]) -> None:
   _write(path, docs)
 
 
-def read_probes(path: PathLike) -> list[Probe]:
-  return _read(path, Probe)
+def read_probes(path: PathLike, sources: Collection[int] | None = None) -> list[Probe]:
+  """Probes of a JSONL file; with `sources`, a probe of any other source is an error."""
+
+  def check(probe: Probe, lineno: int) -> None:
+    del lineno
+    if sources is not None and probe.source_id not in sources:
+      raise ValueError(f"source_id {probe.source_id} has no documents in the corpus")
+
+  return _read(path, Probe, check)
 
 
 def write_probes(path: PathLike, probes: Iterable[Probe]) -> None:
   _write(path, probes)
 
 
-def _read(path: PathLike, cls: type[_Record]) -> list[_Record]:
+def _read(path: PathLike, cls: type[_Record],
+          check: Callable[[_Record, int], None]) -> list[_Record]:
   # Binary lines, decoded one by one, so that even an encoding error names its line.
   records = []
   with open(path, "rb") as f:
@@ -129,7 +159,9 @@ def _read(path: PathLike, cls: type[_Record]) -> list[_Record]:
       try:
         line = raw.decode("utf-8")
         if line.strip():
-          records.append(_parse(line, cls))
+          record = _parse(line, cls)
+          check(record, lineno)
+          records.append(record)
       except ValueError as e:
         raise CorpusError(f"{path}:{lineno}: {e}") from e
   return records
