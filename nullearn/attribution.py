@@ -41,8 +41,8 @@ class Attribution:
 
 
 def candidates(run: Run, router: PromptRouter, prompt: str, k: int) -> list[int]:
-  """The k sources the router finds for the prompt, forgotten ones never."""
-  return [r.source for r in router.top(prompt, k, exclude=run.ledger.ids)]
+  """The k sources the router finds for the prompt, the run's forgotten ones never."""
+  return [r.source for r in router.without(run.ledger.ids).top(prompt, k)]
 
 
 def check_text(prompt: str, continuation: str) -> None:

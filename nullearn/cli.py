@@ -50,7 +50,9 @@ _PARQUET_URL = flags.DEFINE_string("parquet_url", None, "prepare: where to downl
                                    "shards from (default: Hugging Face).")
 _WORKERS = flags.DEFINE_integer("workers", None, "prepare: processes converting shards "
                                 "(default: one per CPU).")
-_PROMPT = flags.DEFINE_string("prompt", None, "generate, attribute: the prompt.")
+_PROMPT = flags.DEFINE_string("prompt", None, "generate, attribute: the prompt. generate "
+                              "refuses one that does not fit the context with --max_new_tokens; "
+                              "attribute cuts it from the left, as option scoring does.")
 _CONTINUATION = flags.DEFINE_string("continuation", None, "attribute: the text whose source "
                                     "is sought, following --prompt.")
 _SOURCE = flags.DEFINE_string("source", None, "generate: serve with this source's sinks "
@@ -312,7 +314,7 @@ def generate_main(argv):
     (source,) = _resolve(_corpus(run.meta), [_SOURCE.value], "--source")
     switch = Switch.sources(source)
   elif _ROUTE.value:
-    route = run.router().route(prompt, run.ledger.ids, serve.min_score)
+    route = run.router().route(prompt, min_score=serve.min_score)
     if route.source is not None:
       print(f"routed to source {route.source} (BM25 {route.score:.2f})", file=sys.stderr)
       switch = Switch.sources(route.source)

@@ -53,8 +53,10 @@ class Run:
                        self.ledger)
 
   def router(self) -> PromptRouter:
-    """The run's prompt router, `<workdir>/router` (built by `nullearn router`)."""
-    return PromptRouter.load(epath.Path(self.workdir) / router_lib.DIRECTORY)
+    """The run's prompt router, `<workdir>/router` (built by `nullearn router`); it never
+    returns a forgotten source."""
+    return PromptRouter.load(epath.Path(self.workdir) / router_lib.DIRECTORY).without(
+        self.ledger.ids)
 
   def check(self, switch: Switch, what: str = "switch") -> Switch:
     """`switch`, unless it asks for a forgotten source's sinks (ForgottenSourceError)."""

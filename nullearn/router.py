@@ -86,9 +86,16 @@ class Route:
 class PromptRouter:
   """A BM25 index over the sources; `top` and `route` never return an excluded source."""
 
-  def __init__(self, bm25: bm25s.BM25, sources_S: np.ndarray):
+  def __init__(self, bm25: bm25s.BM25, sources_S: np.ndarray, forgotten=()):
     self.bm25 = bm25
     self.sources_S = sources_S
+    self.forgotten = np.asarray(forgotten, np.int64).reshape(-1)
+
+  def without(self, ids) -> PromptRouter:
+    """The same index that never returns `ids` either (a run's ledger), whatever the caller
+    excludes."""
+    return PromptRouter(self.bm25, self.sources_S,
+                        np.union1d(self.forgotten, np.asarray(ids, np.int64).reshape(-1)))
 
   def __len__(self) -> int:
     return len(self.sources_S)
@@ -156,6 +163,7 @@ class PromptRouter:
   def _masked(self, text: str, exclude) -> np.ndarray:
     scores_S = np.array(self.scores(text), np.float32)
     scores_S[self._rows(exclude)] = -np.inf
+    scores_S[self._rows(self.forgotten)] = -np.inf
     return scores_S
 
   def _rows(self, ids) -> np.ndarray:

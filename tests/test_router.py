@@ -53,6 +53,10 @@ def test_forgotten_sources_are_never_returned(world, index):
     assert [r.score for r in got] == sorted((r.score for r in got), reverse=True)
   everything = index.route(world.probes[0].prompt, exclude=ids)
   assert everything.source is None
+  ledgered = index.without(ids[:20])  # a run's ledger: excluded whatever the caller asks
+  for p in world.probes[::5]:
+    assert not {r.source for r in ledgered.top(p.prompt, 40)} & set(ids[:20].tolist())
+  assert index.top(world.probes[0].prompt, 40)  # the index itself is unchanged
 
 
 def test_a_prompt_finds_its_source_and_region(world, index):
