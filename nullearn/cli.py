@@ -275,7 +275,7 @@ def _resolve(corpus, specs, flag: str) -> list[int]:
 def _name(corpus, source_id: int) -> str:
   if corpus.in_memory:
     return corpus.names[source_id]
-  return corpus.documents[source_id].source
+  return corpus.documents.by_ids([source_id])[0].source  # a page id, through the source index
 
 
 def router_main(argv):
@@ -365,11 +365,10 @@ def export_main(argv):
   raw = inference.load_run(workdir, apply_ledger=False)  # scores the retained probes before
   run = inference.with_ledger(raw, ledger)
   corpus = _corpus(run.meta)
-  others, exact = export.others_of(ledger, corpus.names if corpus.in_memory else None,
-                                   len(corpus.documents))
+  others, exact = export.others_of(ledger, corpus.names if corpus.in_memory else None)
   path = export.export_checkpoint(run, out)
   report = export.collateral(run.model_cfg.geometry, run.model_cfg.num_layers, ledger, others,
-                             exact)
+                             exact, len(corpus.names) if exact else len(corpus.documents))
   probes = evaluate.retained_probes(corpus.probes, set(ledger.ids.tolist()),
                                     _CONFIG.value.eval.max_retained_probes, 0)
   if probes:

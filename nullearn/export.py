@@ -69,11 +69,12 @@ def export_checkpoint(run: Run, out: str | epath.PathLike) -> epath.Path:
 
 
 def collateral(geometry: SinkGeometry, num_layers: int, ledger: ledger_lib.Ledger,
-               others: np.ndarray, exact: bool) -> dict[str, Any]:
+               others: np.ndarray, exact: bool, population: int) -> dict[str, Any]:
   """The sinks removed and how many of their own sinks the `others` sources lost.
 
   With one mask for every layer, layer 0 stands for all; with per-layer masks
-  each layer's losses are counted and summed (out of active * layers).
+  each layer's losses are counted and summed (out of active * layers). A sample
+  is scaled to the corpus's `population` of sources.
   """
   layers = list(range(num_layers)) if geometry.per_layer_masks else [0]
   removed = {layer: surgery.removed_sinks(geometry, ledger.ids, layer) for layer in layers}
@@ -90,24 +91,25 @@ def collateral(geometry: SinkGeometry, num_layers: int, ledger: ledger_lib.Ledge
       "removed_sinks": {str(k): v.tolist() for k, v in removed.items()},
       "removed_fraction_of_pool": float(np.mean([len(v) for v in removed.values()])
                                         / max(geometry.pool, 1)),
-      "other_sources": {"count": len(others), "exact": exact},
+      "other_sources": {"count": len(others), "exact": exact, "population": population},
       "own_sinks_per_source": total,
       "lost_histogram": {str(int(v)): int(c) for v, c in zip(values, counts)},
       "sources_losing_any": int(np.sum(lost_S > 0)),
+      "fraction_losing_any": float(np.mean(lost_S > 0)) if len(others) else 0.0,
       "mean_fraction_lost": float(lost_S.mean() / total) if len(others) else 0.0,
       "max_lost": int(lost_S.max(initial=0)),
   }
 
 
-def others_of(ledger: ledger_lib.Ledger, names: dict[int, str] | None, population: int,
+def others_of(ledger: ledger_lib.Ledger, names: dict[int, str] | None,
               seed: int = 0) -> tuple[np.ndarray, bool]:
-  """(the sources that are not forgotten, exact?): every one of an in-memory corpus, else a
-  uniform sample of SAMPLE ids below `population` (a lazy corpus's ids are its records)."""
+  """(the sources that are not forgotten, exact?): every one of an in-memory corpus, else
+  SAMPLE random ids. A source's sinks are a pseudo-random function of its id, so random
+  ids lose what the corpus's own ids lose, in distribution."""
   if names is not None:
     ids = np.asarray(sorted(names), np.int64)
     return ids[~np.isin(ids, ledger.ids)], True
-  rng = np.random.default_rng(seed)
-  ids = np.unique(rng.integers(0, population, min(SAMPLE, population)))
+  ids = np.unique(np.random.default_rng(seed).integers(0, 2**32, SAMPLE))
   return ids[~np.isin(ids, ledger.ids)], False
 
 
@@ -141,9 +143,12 @@ def collateral_markdown(r: dict[str, Any]) -> str:
            f"Sinks zeroed: {r['removed_fraction_of_pool']:.1%} of the pool of {g['pool']} "
            f"({'per layer' if g['per_layer_masks'] else 'the same in every layer'}).", "",
            f"Other sources ({r['other_sources']['count']:,}, "
-           f"{'every one' if r['other_sources']['exact'] else 'a uniform sample'}): "
-           f"{r['sources_losing_any']:,} lost at least one of their {r['own_sinks_per_source']} "
-           f"own sinks; on average {r['mean_fraction_lost']:.2%}, at most {r['max_lost']}.", "",
+           f"{'every one' if r['other_sources']['exact'] else 'random ids, standing for the '}"
+           f"{'' if r['other_sources']['exact'] else format(r['other_sources']['population'], ',')}"
+           f"{'' if r['other_sources']['exact'] else ' of the corpus'}): "
+           f"{r['sources_losing_any']:,} ({r['fraction_losing_any']:.1%}) lost at least one of "
+           f"their {r['own_sinks_per_source']} own sinks; on average "
+           f"{r['mean_fraction_lost']:.2%}, at most {r['max_lost']}.", "",
            "| own sinks lost | sources |", "|---|---|"]
   lines += [f"| {k} | {v:,} |" for k, v in r["lost_histogram"].items()]
   if r.get("retained_probes"):

@@ -12,7 +12,7 @@ The index is built in two streaming passes (tokens counted per chunk of
 sources and staged on disk, then scattered into the CSC matrix on disk), so
 time is linear in the text and memory in the vocabulary and one chunk. It is
 saved as `<workdir>/router/` in bm25s's format plus `sources.npy` (row ->
-source id, ascending) and loaded memory-mapped.
+source id) and loaded memory-mapped.
 
 Shapes: S sources (index rows), N nonzero (term, source) pairs, V vocabulary.
 """
@@ -53,10 +53,10 @@ def source_text(title: str, text: str, leading_words: int) -> str:
 
 
 def source_texts(docs: Iterable[Document], leading_words: int) -> Iterator[tuple[int, str]]:
-  """(source id, indexed text) per source in ascending id order, from its first document.
+  """(source id, indexed text) per source, from its first document.
 
-  A list or tuple is grouped by source; any other sequence (a lazy corpus) is
-  read in order and must already hold one source per id, ascending.
+  A list or tuple is grouped by source (ascending ids); any other iterable (a
+  lazy corpus) is read in order and must hold one document per source.
   """
   if isinstance(docs, (list, tuple)):
     first: dict[int, Document] = {}
@@ -90,6 +90,7 @@ class PromptRouter:
     self.bm25 = bm25
     self.sources_S = sources_S
     self.forgotten = np.asarray(forgotten, np.int64).reshape(-1)
+    self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # (order, ids in order)
 
   def without(self, ids) -> PromptRouter:
     """The same index that never returns `ids` either (a run's ledger), whatever the caller
@@ -114,7 +115,7 @@ class PromptRouter:
   @classmethod
   def build(cls, entries: Iterable[tuple[int, str]], directory: str | os.PathLike,
             chunk: int = _CHUNK) -> PromptRouter:
-    """Indexes (source id, text) pairs, ids strictly ascending, into the local `directory`.
+    """Indexes (source id, text) pairs, one per source, into the local `directory`.
 
     Written beside it first and swapped in whole, so a failed build leaves the
     previous index as it was.
@@ -169,9 +170,14 @@ class PromptRouter:
   def _rows(self, ids) -> np.ndarray:
     """Index rows of the ids that are in the index."""
     ids = np.asarray(ids, np.int64).reshape(-1)
-    rows = np.searchsorted(self.sources_S, ids)
-    rows = np.minimum(rows, len(self.sources_S) - 1)
-    return rows[self.sources_S[rows] == ids]
+    if not ids.size:
+      return ids
+    if self._sorted is None:
+      order = np.argsort(self.sources_S, kind="stable")
+      self._sorted = order, np.asarray(self.sources_S)[order]
+    order, sorted_S = self._sorted
+    at = np.minimum(np.searchsorted(sorted_S, ids), len(sorted_S) - 1)
+    return order[at[sorted_S[at] == ids]]
 
 
 def _best(scores_S: np.ndarray, sources_S: np.ndarray, k: int, min_score: float) -> list[Route]:
@@ -190,8 +196,6 @@ def _build(entries, directory: pathlib.Path, staging: pathlib.Path, chunk: int) 
   df_V = np.zeros(0, np.int64)
   lengths, sources, chunks, row_C = [], [], 0, 0
   for ids, texts in _chunks(entries, chunk):
-    if sources and ids[0] <= sources[-1][-1]:
-      raise ValueError(f"router: source ids must ascend, got {ids[0]} after {sources[-1][-1]}")
     terms = [[vocab.setdefault(w, len(vocab)) for w in words(t)] for t in texts]
     length_C = np.asarray([len(t) for t in terms], np.int64)
     flat = np.fromiter((w for t in terms for w in t), np.int64, int(length_C.sum()))
@@ -210,6 +214,10 @@ def _build(entries, directory: pathlib.Path, staging: pathlib.Path, chunk: int) 
     raise ValueError("router: no sources to index")
   sources_S, length_S = np.concatenate(sources), np.concatenate(lengths)
   S = len(sources_S)
+  distinct, counts = np.unique(sources_S, return_counts=True)
+  if len(distinct) != S:
+    raise ValueError(f"router: source {int(distinct[counts > 1][0])} is indexed twice "
+                     "(one text per source)")
   idf_V = np.log1p((S - df_V + 0.5) / (df_V + 0.5)).astype(np.float32)
   norm_S = (_K1 * (1 - _B + _B * length_S / max(length_S.mean(), 1e-9))).astype(np.float32)
   indptr = np.zeros(len(vocab) + 1, np.int64)
@@ -245,15 +253,7 @@ def _chunks(entries: Iterable[tuple[int, str]], size: int):
     ids.append(int(source_id))
     texts.append(text)
     if len(ids) == size:
-      yield _ascending(ids), texts
+      yield np.asarray(ids, np.int64), texts
       ids, texts = [], []
   if ids:
-    yield _ascending(ids), texts
-
-
-def _ascending(ids: list[int]) -> np.ndarray:
-  arr = np.asarray(ids, np.int64)
-  if np.any(np.diff(arr) <= 0):
-    i = int(np.flatnonzero(np.diff(arr) <= 0)[0])
-    raise ValueError(f"router: source ids must ascend, got {arr[i + 1]} after {arr[i]}")
-  return arr
+    yield np.asarray(ids, np.int64), texts

@@ -88,12 +88,16 @@ def test_fallback_policies():
   assert isinstance(exp, Switch)
 
 
-def test_source_ids_must_ascend(tmp_path):
-  with pytest.raises(ValueError, match="must ascend, got 3 after 5"):
-    router.PromptRouter.build([(1, "a b"), (5, "c d"), (3, "e f")], tmp_path / "r")
-  with pytest.raises(ValueError, match="must ascend, got 3 after 5"):
-    router.PromptRouter.build([(1, "a b"), (5, "c d"), (3, "e f")], tmp_path / "r", chunk=2)
-  assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
+def test_ids_in_any_order_each_once(tmp_path):
+  """A lazy corpus's page ids come in record order, not sorted: rows map back to them."""
+  index = router.PromptRouter.build([(9, "alpha beta"), (2, "gamma"), (5, "beta delta")],
+                                    tmp_path / "r", chunk=2)
+  assert index.route("beta").source in (9, 5)
+  assert index.route("beta", exclude=[9, 5]).source is None
+  assert index.top("alpha beta gamma delta", 3, exclude=[2])[-1].source != 2
+  with pytest.raises(ValueError, match="source 5 is indexed twice"):
+    router.PromptRouter.build([(5, "a b"), (1, "c d"), (5, "e f")], tmp_path / "s", chunk=2)
+  assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
 
 
 def test_a_missing_index_says_how_to_build_it(tmp_path):
