@@ -1,8 +1,8 @@
 """Routing a query for a forgotten source to the nearest surviving source (evaluation).
 
-By default a source's query is its own title and leading words, routed through
-the serving router (`router.PromptRouter`, BM25): the same index that routes
-a deployment's prompts. Alternatively a source is embedded by the model's own
+By default a source's query is its own leading words less its title's words,
+routed through the serving router (`router.PromptRouter`, BM25): the same
+index that routes a deployment's prompts. Alternatively a source is embedded by the model's own
 backbone-only hidden states, mean-pooled over its text (no other model
 needed), or by a sentence-transformer embedding of its title, as the reference
 code does, and the nearest source by cosine similarity serves. Either way the
