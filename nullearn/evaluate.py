@@ -144,6 +144,11 @@ def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
   policy the prompt-routed condition follows (index, threshold, fallback).
   """
   serve = serve or base.get_config().serve
+  if len(models.null.ledger):
+    raise ValueError(f"the NULL was loaded with its forget ledger applied "
+                     f"({len(models.null.ledger)} sources gone from its weights): evaluation "
+                     "measures the counterfactual, so load it with "
+                     "inference.load_run(workdir, apply_ledger=False)")
   t0 = time.time()
   forget = [int(f) for f in forget]
   forget_set = set(forget)

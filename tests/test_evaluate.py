@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from nullearn import evaluate, inference, report, results, router, routing, scores, train
+from nullearn import (evaluate, inference, ledger, report, results, router, routing, scores,
+                      train)
 from nullearn.configs import base
 from nullearn.data import factworld
 from nullearn.data.records import Document, Probe
@@ -191,6 +192,10 @@ def test_prompts_nothing_matches_are_served_by_the_fallback(setup, world):
 
 def test_forgetting_nothing_or_unknown_sources_is_an_error(setup, world):
   models, _, _ = setup
+  gone = ledger.Ledger((ledger.Entry(1, "a", "r", "t", "u"),))
+  ledgered = evaluate.Models(inference.with_ledger(models.null, gone))
+  with pytest.raises(ValueError, match="apply_ledger=False"):
+    evaluate.evaluate(ledgered, world.documents, world.probes, [1], small_eval())
   with pytest.raises(ValueError, match="no sources to forget"):
     evaluate.evaluate(models, world.documents, world.probes, [], small_eval())
   with pytest.raises(ValueError, match="have no documents"):
