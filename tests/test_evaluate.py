@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from nullearn import (evaluate, inference, ledger, report, results, router, routing, scores,
-                      train)
+from nullearn import evaluate, inference, ledger, report, results, router, routing, scores, train
 from nullearn.configs import base
 from nullearn.data import factworld
 from nullearn.data.records import Document, Probe
