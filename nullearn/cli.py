@@ -319,8 +319,8 @@ def generate_main(argv):
       print(f"routed to source {route.source} (BM25 {route.score:.2f})", file=sys.stderr)
       switch = Switch.sources(route.source)
     else:
-      print(f"no source scored above serve.min_score={serve.min_score} (best "
-            f"{route.score:.2f}): served by serve.fallback={serve.fallback}", file=sys.stderr)
+      print(f"no surviving source scored above serve.min_score={serve.min_score}: served by "
+            f"serve.fallback={serve.fallback}", file=sys.stderr)
   print(inference.generate(run, prompt, switch, _MAX_NEW.value))
 
 

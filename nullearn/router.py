@@ -40,6 +40,7 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 _STOP = frozenset(STOPWORDS_EN)
 _K1, _B = 1.5, 0.75  # bm25s's defaults
 _CHUNK = 65_536  # sources tokenized and staged at once
+_CANDIDATE_POSTINGS = 65_536  # postings of a query's rarest words scored as candidates
 
 
 def words(text: str) -> list[str]:
@@ -86,17 +87,21 @@ class Route:
 class PromptRouter:
   """A BM25 index over the sources; `top` and `route` never return an excluded source."""
 
-  def __init__(self, bm25: bm25s.BM25, sources_S: np.ndarray, forgotten=()):
+  def __init__(self, bm25: bm25s.BM25, sources_S: np.ndarray, forgotten=(),
+               term_max_V: np.ndarray | None = None):
     self.bm25 = bm25
     self.sources_S = sources_S
     self.forgotten = np.asarray(forgotten, np.int64).reshape(-1)
+    self.candidate_postings = _CANDIDATE_POSTINGS
+    self._term_max_V = term_max_V
     self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # (order, ids in order)
 
   def without(self, ids) -> PromptRouter:
     """The same index that never returns `ids` either (a run's ledger), whatever the caller
     excludes."""
     return PromptRouter(self.bm25, self.sources_S,
-                        np.union1d(self.forgotten, np.asarray(ids, np.int64).reshape(-1)))
+                        np.union1d(self.forgotten, np.asarray(ids, np.int64).reshape(-1)),
+                        self._term_max_V)
 
   def __len__(self) -> int:
     return len(self.sources_S)
@@ -110,7 +115,9 @@ class PromptRouter:
                               "`nullearn router --workdir=RUN`; the index is memory-mapped, so "
                               "a gs:// run needs a local copy)")
     bm25 = bm25s.BM25.load(str(directory), mmap=mmap, load_corpus=False)
-    return cls(bm25, np.load(directory / "sources.npy", mmap_mode="r" if mmap else None))
+    term_max = directory / "term_max.npy"  # an index bm25s saved itself has none: derived
+    return cls(bm25, np.load(directory / "sources.npy", mmap_mode="r" if mmap else None),
+               term_max_V=np.load(term_max) if term_max.exists() else None)
 
   @classmethod
   def build(cls, entries: Iterable[tuple[int, str]], directory: str | os.PathLike,
@@ -151,15 +158,64 @@ class PromptRouter:
   def top(self, text: str, k: int, exclude: Sequence[int] | np.ndarray = (),
           min_score: float = 0.0) -> list[Route]:
     """The (at most) k best sources scoring above `min_score`, best first; none excluded."""
-    return _best(self._masked(text, exclude), self.sources_S, k, min_score)
+    if min_score < 0:
+      raise ValueError(f"serve.min_score must be >= 0, got {min_score}")
+    rows, scores = self._candidates(text, k, exclude, min_score)
+    if rows is None:  # the rare words could not settle it: score every source
+      return _best(self._masked(text, exclude), self.sources_S, k, min_score)
+    return _best(scores, np.asarray(self.sources_S)[rows], k, min_score)
 
   def route(self, text: str, exclude: Sequence[int] | np.ndarray = (),
             min_score: float = 0.0) -> Route:
-    """The best surviving source, or Route(None, best score) when none scores above
-    `min_score` (the caller's fallback serves)."""
-    scores_S = self._masked(text, exclude)
-    got = _best(scores_S, self.sources_S, 1, min_score)
-    return got[0] if got else Route(None, float(max(scores_S.max(initial=0.0), 0.0)))
+    """The best surviving source, or Route(None, 0.0) when none scores above `min_score`
+    (the caller's fallback serves)."""
+    got = self.top(text, 1, exclude, min_score)
+    return got[0] if got else Route(None, 0.0)
+
+  def _candidates(self, text: str, k: int, exclude, min_score: float):
+    """(rows, exact scores) of the sources holding the query's rarest words, when they
+    provably hold the k best; else (None, None).
+
+    The rarest words' postings (at most `candidate_postings`, and at least one word's)
+    are summed; the frequent words are looked up in their row-sorted postings for those
+    candidates only. A source outside them scores at most the frequent words' maxima
+    summed, so if the k-th candidate reaches that bound (or the bound cannot pass
+    `min_score`), no other source can enter the top k. A prompt with a name or a rare
+    word touches a few postings instead of every source.
+    """
+    vocab, sc = self.bm25.vocab_dict, self.bm25.scores
+    terms, mult = np.unique([vocab[w] for w in words(text) if w in vocab], return_counts=True)
+    if not terms.size:
+      return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    indptr, indices, data = sc["indptr"], sc["indices"], sc["data"]
+    df = indptr[terms + 1] - indptr[terms]
+    order = np.argsort(df, kind="stable")
+    n_rare = max(1, int(np.searchsorted(np.cumsum(df[order]), self.candidate_postings, "right")))
+    rare, frequent = order[:n_rare], order[n_rare:]
+    rows_P = np.concatenate([indices[indptr[t]:indptr[t + 1]] for t in terms[rare]])
+    w_P = np.concatenate([data[indptr[t]:indptr[t + 1]] * m for t, m in
+                          zip(terms[rare], mult[rare])])
+    rows, inverse = np.unique(rows_P, return_inverse=True)
+    scores = np.bincount(inverse, weights=w_P, minlength=len(rows)).astype(np.float32)
+    for t, m in zip(terms[frequent], mult[frequent]):
+      post = indices[indptr[t]:indptr[t + 1]]
+      at = np.minimum(np.searchsorted(post, rows), len(post) - 1)
+      hit = post[at] == rows
+      scores[hit] += data[indptr[t]:indptr[t + 1]][at[hit]] * m
+    scores[np.isin(rows, self._rows(exclude))] = -np.inf
+    scores[np.isin(rows, self._rows(self.forgotten))] = -np.inf
+    bound = float(np.sum(self.term_max[terms[frequent]] * mult[frequent]))
+    kth = np.sort(scores)[-k] if len(scores) >= k else -np.inf
+    if bound <= min_score or kth >= bound:
+      return rows, scores
+    return None, None
+
+  @property
+  def term_max(self) -> np.ndarray:
+    """Each word's highest weight in any source, [V] (0 for a word in none)."""
+    if self._term_max_V is None:
+      self._term_max_V = _term_max(self.bm25.scores["data"], self.bm25.scores["indptr"])
+    return self._term_max_V
 
   def _masked(self, text: str, exclude) -> np.ndarray:
     scores_S = np.array(self.scores(text), np.float32)
@@ -180,10 +236,16 @@ class PromptRouter:
     return order[at[sorted_S[at] == ids]]
 
 
+def _term_max(data: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+  starts = np.minimum(indptr[:-1], max(len(data) - 1, 0))
+  out = np.maximum.reduceat(data, starts) if len(data) else np.zeros(len(starts), np.float32)
+  return np.where(np.diff(indptr) > 0, out, 0).astype(np.float32)
+
+
 def _best(scores_S: np.ndarray, sources_S: np.ndarray, k: int, min_score: float) -> list[Route]:
-  if min_score < 0:
-    raise ValueError(f"serve.min_score must be >= 0, got {min_score}")
   k = min(k, len(scores_S))
+  if not k:
+    return []
   best = np.argpartition(-scores_S, k - 1)[:k] if k < len(scores_S) else np.arange(k)
   best = best[np.argsort(-scores_S[best], kind="stable")]
   return [Route(int(sources_S[i]), float(scores_S[i])) for i in best if scores_S[i] > min_score]
@@ -239,6 +301,7 @@ def _build(entries, directory: pathlib.Path, staging: pathlib.Path, chunk: int) 
     cursor_V[term_N[starts]] += counts  # each term once per chunk
   data.flush()
   indices.flush()
+  np.save(directory / "term_max.npy", _term_max(data, indptr))
   np.save(directory / "indptr.csc.index.npy", indptr)
   np.save(directory / "sources.npy", sources_S)
   (directory / "vocab.index.json").write_text(json.dumps(vocab, ensure_ascii=False))
