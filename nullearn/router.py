@@ -40,7 +40,7 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 _STOP = frozenset(STOPWORDS_EN)
 _K1, _B = 1.5, 0.75  # bm25s's defaults
 _CHUNK = 65_536  # sources tokenized and staged at once
-_CANDIDATE_POSTINGS = 65_536  # postings of a query's rarest words scored as candidates
+_CANDIDATE_POSTINGS = 65_536  # postings of a query's rarest words scored as candidates (0: all)
 
 
 def words(text: str) -> list[str]:
@@ -183,6 +183,8 @@ class PromptRouter:
     `min_score`), no other source can enter the top k. A prompt with a name or a rare
     word touches a few postings instead of every source.
     """
+    if self.candidate_postings < 1:  # 0: bm25s scores every source
+      return None, None
     vocab, sc = self.bm25.vocab_dict, self.bm25.scores
     terms, mult = np.unique([vocab[w] for w in words(text) if w in vocab], return_counts=True)
     if not terms.size:
