@@ -40,7 +40,7 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 _STOP = frozenset(STOPWORDS_EN)
 _K1, _B = 1.5, 0.75  # bm25s's defaults
 _CHUNK = 65_536  # sources tokenized and staged at once
-_CANDIDATE_POSTINGS = 65_536  # postings of a query's rarest words scored as candidates (0: all)
+_CANDIDATE_POSTINGS = 262_144  # postings of a query's rarest words scored as candidates (0: all)
 
 
 def words(text: str) -> list[str]:
@@ -173,44 +173,54 @@ class PromptRouter:
     return got[0] if got else Route(None, 0.0)
 
   def _candidates(self, text: str, k: int, exclude, min_score: float):
-    """(rows, exact scores) of the sources holding the query's rarest words, when they
+    """(rows, exact scores) of the sources holding the query's rarest words, once they
     provably hold the k best; else (None, None).
 
-    The rarest words' postings (at most `candidate_postings`, and at least one word's)
-    are summed; the frequent words are looked up in their row-sorted postings for those
-    candidates only. A source outside them scores at most the frequent words' maxima
-    summed, so if the k-th candidate reaches that bound (or the bound cannot pass
-    `min_score`), no other source can enter the top k. A prompt with a name or a rare
-    word touches a few postings instead of every source.
+    MaxScore: words are taken rarest first; the sources holding the words taken so far
+    are scored exactly (the other words looked up in their row-sorted postings), and a
+    source holding none of them scores at most the other words' maxima summed. Once the
+    k-th candidate reaches that bound (or the bound cannot pass `min_score`), no other
+    source can enter the top k; until then the next rarest word is taken, up to
+    `candidate_postings` postings. A prompt with a name or a rare word touches a few
+    postings instead of every source.
     """
     if self.candidate_postings < 1:  # 0: bm25s scores every source
       return None, None
-    vocab, sc = self.bm25.vocab_dict, self.bm25.scores
+    vocab = self.bm25.vocab_dict
     terms, mult = np.unique([vocab[w] for w in words(text) if w in vocab], return_counts=True)
     if not terms.size:
       return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    indptr, indices, data = sc["indptr"], sc["indices"], sc["data"]
-    df = indptr[terms + 1] - indptr[terms]
-    order = np.argsort(df, kind="stable")
-    n_rare = max(1, int(np.searchsorted(np.cumsum(df[order]), self.candidate_postings, "right")))
-    rare, frequent = order[:n_rare], order[n_rare:]
-    rows_P = np.concatenate([indices[indptr[t]:indptr[t + 1]] for t in terms[rare]])
-    w_P = np.concatenate([data[indptr[t]:indptr[t + 1]] * m for t, m in
-                          zip(terms[rare], mult[rare])])
-    rows, inverse = np.unique(rows_P, return_inverse=True)
-    scores = np.bincount(inverse, weights=w_P, minlength=len(rows)).astype(np.float32)
-    for t, m in zip(terms[frequent], mult[frequent]):
-      post = indices[indptr[t]:indptr[t + 1]]
-      at = np.minimum(np.searchsorted(post, rows), len(post) - 1)
-      hit = post[at] == rows
-      scores[hit] += data[indptr[t]:indptr[t + 1]][at[hit]] * m
-    scores[np.isin(rows, self._rows(exclude))] = -np.inf
-    scores[np.isin(rows, self._rows(self.forgotten))] = -np.inf
-    bound = float(np.sum(self.term_max[terms[frequent]] * mult[frequent]))
-    kth = np.sort(scores)[-k] if len(scores) >= k else -np.inf
-    if bound <= min_score or kth >= bound:
-      return rows, scores
+    indptr = self.bm25.scores["indptr"]
+    order = np.argsort(indptr[terms + 1] - indptr[terms], kind="stable")
+    terms, mult = terms[order], mult[order]
+    postings = np.cumsum(indptr[terms + 1] - indptr[terms])
+    bound_after = np.r_[np.cumsum((self.term_max[terms] * mult)[::-1])[::-1][1:], 0.0]
+    gone = self._rows(np.r_[np.asarray(exclude, np.int64).reshape(-1), self.forgotten])
+    for n in range(1, len(terms) + 1):
+      if n > 1 and postings[n - 1] > self.candidate_postings:
+        return None, None
+      rows, scores = self._exact(terms, mult, n)
+      scores[np.isin(rows, gone)] = -np.inf
+      kth = np.sort(scores)[-k] if len(scores) >= k else -np.inf
+      if bound_after[n - 1] <= min_score or kth >= bound_after[n - 1]:
+        return rows, scores
     return None, None
+
+  def _exact(self, terms: np.ndarray, mult: np.ndarray, n: int):
+    """(rows holding any of terms[:n], their exact scores over all the terms)."""
+    sc = self.bm25.scores
+    indptr, indices, data = sc["indptr"], sc["indices"], sc["data"]
+    post = lambda t: slice(indptr[t], indptr[t + 1])
+    rows, inverse = np.unique(np.concatenate([indices[post(t)] for t in terms[:n]]),
+                              return_inverse=True)
+    weights = np.concatenate([data[post(t)] * m for t, m in zip(terms[:n], mult[:n])])
+    scores = np.bincount(inverse, weights=weights, minlength=len(rows)).astype(np.float32)
+    for t, m in zip(terms[n:], mult[n:]):
+      rows_t = indices[post(t)]
+      at = np.minimum(np.searchsorted(rows_t, rows), len(rows_t) - 1)
+      hit = rows_t[at] == rows
+      scores[hit] += data[post(t)][at[hit]] * m
+    return rows, scores
 
   @property
   def term_max(self) -> np.ndarray:
