@@ -91,7 +91,7 @@ def test_forget_then_every_command_leaves_the_source_out(run_dir, world, tmp_pat
   assert "without the sinks of 2 ledgered source(s)" in exported
   assert "Retained probes" in exported
   report = json.loads((tmp_path / "export" / "collateral.json").read_text())
-  assert report["other_sources"] == {"count": 38, "exact": True}
+  assert report["other_sources"] == {"count": 38, "exact": True, "population": 40}
   assert inference.load_run(tmp_path / "export").ledger.ids.tolist() == [5, 7]  # still refused
   hf = nullearn("export", w, f"--out={tmp_path / 'hf'}", "--format=hf", "--switch=backbone")
   assert "transformers Llama" in hf.stdout
