@@ -40,7 +40,6 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 _STOP = frozenset(STOPWORDS_EN)
 _K1, _B = 1.5, 0.75  # bm25s's defaults
 _CHUNK = 65_536  # sources tokenized and staged at once
-_CANDIDATE_POSTINGS = 262_144  # postings of a query's rarest words scored as candidates (0: all)
 
 
 def words(text: str) -> list[str]:
@@ -87,21 +86,17 @@ class Route:
 class PromptRouter:
   """A BM25 index over the sources; `top` and `route` never return an excluded source."""
 
-  def __init__(self, bm25: bm25s.BM25, sources_S: np.ndarray, forgotten=(),
-               term_max_V: np.ndarray | None = None):
+  def __init__(self, bm25: bm25s.BM25, sources_S: np.ndarray, forgotten=()):
     self.bm25 = bm25
     self.sources_S = sources_S
     self.forgotten = np.asarray(forgotten, np.int64).reshape(-1)
-    self.candidate_postings = _CANDIDATE_POSTINGS
-    self._term_max_V = term_max_V
     self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # (order, ids in order)
 
   def without(self, ids) -> PromptRouter:
     """The same index that never returns `ids` either (a run's ledger), whatever the caller
     excludes."""
     return PromptRouter(self.bm25, self.sources_S,
-                        np.union1d(self.forgotten, np.asarray(ids, np.int64).reshape(-1)),
-                        self._term_max_V)
+                        np.union1d(self.forgotten, np.asarray(ids, np.int64).reshape(-1)))
 
   def __len__(self) -> int:
     return len(self.sources_S)
@@ -115,9 +110,7 @@ class PromptRouter:
                               "`nullearn router --workdir=RUN`; the index is memory-mapped, so "
                               "a gs:// run needs a local copy)")
     bm25 = bm25s.BM25.load(str(directory), mmap=mmap, load_corpus=False)
-    term_max = directory / "term_max.npy"  # an index bm25s saved itself has none: derived
-    return cls(bm25, np.load(directory / "sources.npy", mmap_mode="r" if mmap else None),
-               term_max_V=np.load(term_max) if term_max.exists() else None)
+    return cls(bm25, np.load(directory / "sources.npy", mmap_mode="r" if mmap else None))
 
   @classmethod
   def build(cls, entries: Iterable[tuple[int, str]], directory: str | os.PathLike,
@@ -160,10 +153,7 @@ class PromptRouter:
     """The (at most) k best sources scoring above `min_score`, best first; none excluded."""
     if min_score < 0:
       raise ValueError(f"serve.min_score must be >= 0, got {min_score}")
-    rows, scores = self._candidates(text, k, exclude, min_score)
-    if rows is None:  # the rare words could not settle it: score every source
-      return _best(self._masked(text, exclude), self.sources_S, k, min_score)
-    return _best(scores, np.asarray(self.sources_S)[rows], k, min_score)
+    return _best(self._masked(text, exclude), self.sources_S, k, min_score)
 
   def route(self, text: str, exclude: Sequence[int] | np.ndarray = (),
             min_score: float = 0.0) -> Route:
@@ -171,63 +161,6 @@ class PromptRouter:
     (the caller's fallback serves)."""
     got = self.top(text, 1, exclude, min_score)
     return got[0] if got else Route(None, 0.0)
-
-  def _candidates(self, text: str, k: int, exclude, min_score: float):
-    """(rows, exact scores) of the sources holding the query's rarest words, once they
-    provably hold the k best; else (None, None).
-
-    MaxScore: words are taken rarest first; the sources holding the words taken so far
-    are scored exactly (the other words looked up in their row-sorted postings), and a
-    source holding none of them scores at most the other words' maxima summed. Once the
-    k-th candidate reaches that bound (or the bound cannot pass `min_score`), no other
-    source can enter the top k; until then the next rarest word is taken, up to
-    `candidate_postings` postings. A prompt with a name or a rare word touches a few
-    postings instead of every source.
-    """
-    if self.candidate_postings < 1:  # 0: bm25s scores every source
-      return None, None
-    vocab = self.bm25.vocab_dict
-    terms, mult = np.unique([vocab[w] for w in words(text) if w in vocab], return_counts=True)
-    if not terms.size:
-      return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    indptr = self.bm25.scores["indptr"]
-    order = np.argsort(indptr[terms + 1] - indptr[terms], kind="stable")
-    terms, mult = terms[order], mult[order]
-    postings = np.cumsum(indptr[terms + 1] - indptr[terms])
-    bound_after = np.r_[np.cumsum((self.term_max[terms] * mult)[::-1])[::-1][1:], 0.0]
-    gone = self._rows(np.r_[np.asarray(exclude, np.int64).reshape(-1), self.forgotten])
-    for n in range(1, len(terms) + 1):
-      if n > 1 and postings[n - 1] > self.candidate_postings:
-        return None, None
-      rows, scores = self._exact(terms, mult, n)
-      scores[np.isin(rows, gone)] = -np.inf
-      kth = np.sort(scores)[-k] if len(scores) >= k else -np.inf
-      if bound_after[n - 1] <= min_score or kth >= bound_after[n - 1]:
-        return rows, scores
-    return None, None
-
-  def _exact(self, terms: np.ndarray, mult: np.ndarray, n: int):
-    """(rows holding any of terms[:n], their exact scores over all the terms)."""
-    sc = self.bm25.scores
-    indptr, indices, data = sc["indptr"], sc["indices"], sc["data"]
-    post = lambda t: slice(indptr[t], indptr[t + 1])
-    rows, inverse = np.unique(np.concatenate([indices[post(t)] for t in terms[:n]]),
-                              return_inverse=True)
-    weights = np.concatenate([data[post(t)] * m for t, m in zip(terms[:n], mult[:n])])
-    scores = np.bincount(inverse, weights=weights, minlength=len(rows)).astype(np.float32)
-    for t, m in zip(terms[n:], mult[n:]):
-      rows_t = indices[post(t)]
-      at = np.minimum(np.searchsorted(rows_t, rows), len(rows_t) - 1)
-      hit = rows_t[at] == rows
-      scores[hit] += data[post(t)][at[hit]] * m
-    return rows, scores
-
-  @property
-  def term_max(self) -> np.ndarray:
-    """Each word's highest weight in any source, [V] (0 for a word in none)."""
-    if self._term_max_V is None:
-      self._term_max_V = _term_max(self.bm25.scores["data"], self.bm25.scores["indptr"])
-    return self._term_max_V
 
   def _masked(self, text: str, exclude) -> np.ndarray:
     scores_S = np.array(self.scores(text), np.float32)
@@ -246,12 +179,6 @@ class PromptRouter:
     order, sorted_S = self._sorted
     at = np.minimum(np.searchsorted(sorted_S, ids), len(sorted_S) - 1)
     return order[at[sorted_S[at] == ids]]
-
-
-def _term_max(data: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-  starts = np.minimum(indptr[:-1], max(len(data) - 1, 0))
-  out = np.maximum.reduceat(data, starts) if len(data) else np.zeros(len(starts), np.float32)
-  return np.where(np.diff(indptr) > 0, out, 0).astype(np.float32)
 
 
 def _best(scores_S: np.ndarray, sources_S: np.ndarray, k: int, min_score: float) -> list[Route]:
@@ -313,7 +240,6 @@ def _build(entries, directory: pathlib.Path, staging: pathlib.Path, chunk: int) 
     cursor_V[term_N[starts]] += counts  # each term once per chunk
   data.flush()
   indices.flush()
-  np.save(directory / "term_max.npy", _term_max(data, indptr))
   np.save(directory / "indptr.csc.index.npy", indptr)
   np.save(directory / "sources.npy", sources_S)
   (directory / "vocab.index.json").write_text(json.dumps(vocab, ensure_ascii=False))
