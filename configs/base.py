@@ -54,11 +54,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.demo = ml_collections.ConfigDict(dict(num_forget=100, forget_seed=0, parallel=True))
 
+  # Serving (`nullearn generate`, `attribute`): prompts routed by BM25 over each surviving
+  # source's title and leading words (`nullearn router` builds the index).
+  c.serve = ml_collections.ConfigDict(dict(
+      # A prompt whose best surviving source scores <= min_score (BM25; 0: no word in
+      # common) is served by the fallback: "expected" (every surviving sink at
+      # active/pool, as dropout inference does) or "backbone" (every sink off).
+      fallback="expected", min_score=0.0,
+      leading_words=100,  # words of each source's text indexed beside its title (the lead)
+      candidates=16))  # attribution: routed candidate sources scored
+
   # `nullearn eval`: which sources to forget and how hard to attack them.
   c.eval = ml_collections.ConfigDict(dict(
       forget=(), heldout_sources=(), seed=0,
       retained_sources=2000,  # a lazy corpus (Wikipedia): how many retained articles eval reads
-      routing="backbone",  # or "titles": sentence-transformer title embeddings (extra)
+      # Source routing of a forgotten source's queries: "bm25" (its title and leading words
+      # through the serving router), "backbone" (the NULL's backbone-only hidden states,
+      # mean-pooled) or "titles" (sentence-transformer title embeddings: the routing extra).
+      routing="bm25",
       seq_len=128, max_retained_probes=400, retain_docs=200,
       sections=("baselines", "relearning", "extraction"),
       unlearn_methods=("ga", "gd", "npo"), unlearn_steps=50, unlearn_lr=1e-4, unlearn_batch=16,

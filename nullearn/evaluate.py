@@ -18,6 +18,8 @@ import ml_collections
 import numpy as np
 
 from nullearn import extraction, inference, routing, scores, unlearning
+from nullearn import router as router_lib
+from nullearn.configs import base
 from nullearn.data import cloze, pipeline
 from nullearn.data.records import Document, Probe
 from nullearn.inference import Run
@@ -38,6 +40,46 @@ class Condition:
   run: Run
   switch_for_sources: Callable[[np.ndarray], Switch]  # per-row source ids -> Switch
   params: object = None
+
+  def option_nll(self, probes: Sequence[Probe], desc: str | None = None) -> np.ndarray:
+    ids = np.asarray([p.source_id for p in probes], np.int64)
+    return inference.option_nll(self.run, probes,
+                                lambda idx: self.switch_for_sources(ids[idx][:, None]),
+                                params=self.params, desc=desc)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptRouted:
+  """Each probe's prompt routed, as a deployment routes it, own sinks excluded.
+
+  `routes[prompt]` is the surviving source serving it, or None when no source
+  scored above `serve.min_score`: those prompts are served by `fallback` (per-row
+  own ids -> switch), scored in their own pass since a batch has one switch mode.
+  """
+  run: Run
+  routes: dict[str, int | None]
+  fallback: Callable[[np.ndarray], Switch]
+  params: object = None
+
+  def option_nll(self, probes: Sequence[Probe], desc: str | None = None) -> np.ndarray:
+    own = np.asarray([p.source_id for p in probes], np.int64)
+    to = np.asarray([_or(self.routes[p.prompt], -1) for p in probes], np.int64)
+    served = lambda i: Switch.sources(to[i][:, None], exclude=own[i][:, None])
+    tables = []
+    for idx, switch_of in ((np.flatnonzero(to >= 0), served),
+                           (np.flatnonzero(to < 0), lambda i: self.fallback(own[i][:, None]))):
+      if idx.size:
+        tables.append((idx, inference.option_nll(
+            self.run, [probes[i] for i in idx], lambda j, idx=idx, f=switch_of: f(idx[j]),
+            params=self.params, desc=desc)))
+    out = np.full((len(probes), max(t.shape[1] for _, t in tables)), np.nan, np.float32)
+    for idx, t in tables:
+      out[idx, :t.shape[1]] = t
+    return out
+
+
+def _or(value, default):
+  return default if value is None else value
 
 
 class ModelMismatchError(ValueError):
@@ -94,12 +136,19 @@ def validate(models: Models, forget: Sequence[int]) -> list[str]:
 def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
              forget: Sequence[int], cfg: ml_collections.ConfigDict, *,
              heldout: Sequence[Document] = (), log: Callable[[str], None] = print,
-             forced: Sequence[str] = ()) -> Report:
+             forced: Sequence[str] = (), serve: ml_collections.ConfigDict | None = None) -> Report:
   """Runs every section `cfg` asks for and returns the report.
 
   `forced` lists the model checks (`validate`) a user chose to override; the
-  report carries them.
+  report carries them. `serve` (default: the base config's) is the serving
+  policy the prompt-routed condition follows (index, threshold, fallback).
   """
+  serve = serve or base.get_config().serve
+  if len(models.null.ledger):
+    raise ValueError(f"the NULL was loaded with its forget ledger applied "
+                     f"({len(models.null.ledger)} sources gone from its weights): evaluation "
+                     "measures the counterfactual, so load it with "
+                     "inference.load_run(workdir, apply_ledger=False)")
   t0 = time.time()
   forget = [int(f) for f in forget]
   forget_set = set(forget)
@@ -117,23 +166,28 @@ def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
     raise ValueError("--forget: no probe belongs to a forgotten source")
   inference.option_rows(models.null.tokenizer, probes, models.null.context)  # refuse bad ones now
 
-  log("embedding sources for routing")
-  router = _router(models.null, docs, names, cfg)
+  log(f"routing ({cfg.routing})")
+  index = router_lib.PromptRouter.in_memory(router_lib.source_texts(docs, serve.leading_words))
+  router = _router(models.null, docs, index, cfg, serve)
   routed = {f: router.route(f, forget_set) for f in forget}
-  conds = conditions(models, routed, forget)
+  prompt_routes = {p.prompt: index.route(p.prompt, forget, serve.min_score).source
+                   for p in forgotten_probes}
+  conds = conditions(models, routed, forget, prompt_routes, serve.fallback)
   log(f"scoring {len(forgotten_probes)} probes of {len(forget)} forgotten sources")
   ratios = {name: truth_ratios(c, forgotten_probes, desc=name) for name, c in conds.items()}
   kinds = _taxonomy(forgotten_probes, ratios.get(Cond.ORACLE))
   report = Report(
       forgotten=[{"id": f, "name": names[f], "routed_to": routed[f],
-                  "routed_name": names[routed[f]]} for f in forget],
+                  "routed_name": names[routed[f]],
+                  "prompts_routed_to": [prompt_routes[p.prompt] for p in forgotten_probes
+                                        if p.source_id == f]} for f in forget],
       kinds=kinds, conditions=summarize(ratios, kinds),
       ratios={k: v.tolist() for k, v in ratios.items()},
       probes=[{"source_id": p.source_id, "prompt": p.prompt, "answer": p.answer}
               for p in forgotten_probes],
       forced=list(forced))
 
-  retained = _retained_probes(probes, forget_set, cfg.max_retained_probes, cfg.seed)
+  retained = retained_probes(probes, forget_set, cfg.max_retained_probes, cfg.seed)
   if retained:
     log(f"scoring {len(retained)} probes of retained sources")
     report.retained = {
@@ -168,22 +222,33 @@ def forgetting_budget(geometry, forgotten: int) -> dict:
           "sources_for": {f: geometry.forgetting_budget(f) for f in (0.1, 0.25, 0.5)}}
 
 
-def _router(run: Run, docs, names, cfg) -> routing.Router:
+def _router(run: Run, docs, index, cfg, serve) -> routing.Router | routing.TextRouter:
+  if cfg.routing == "bm25":
+    return routing.TextRouter(index, docs, serve.leading_words)
   if cfg.routing == "titles":
-    return routing.Router(*routing.title_embeddings(names))
+    return routing.Router.of(docs, routing.title_embeddings)
   if cfg.routing != "backbone":
-    raise ValueError(f"eval.routing must be 'backbone' or 'titles', got {cfg.routing!r}")
-  return routing.Router(*routing.backbone_embeddings(run, docs, seq_len=cfg.seq_len))
+    raise ValueError(f"eval.routing must be 'bm25', 'backbone' or 'titles', got {cfg.routing!r}")
+  return routing.Router.of(docs, lambda d: routing.backbone_embeddings(run, d, seq_len=cfg.seq_len))
 
 
-def conditions(models: Models, routed: dict[int, int], forget: list[int]) -> dict[Cond, Condition]:
-  """Sink on; switched off (each forgotten source alone, and all at once); backbone;
-  expected; the oracle under the same routing; the plain model."""
+def conditions(models: Models, routed: dict[int, int], forget: list[int],
+               prompt_routes: dict[str, int | None] | None = None,
+               fallback: str = "expected") -> dict[Cond, Condition | PromptRouted]:
+  """Sink on; switched off (each forgotten source alone, and all at once); prompt routed
+  (when `prompt_routes` are given); backbone; expected; the oracle under the same routing;
+  the plain model."""
   route = np.vectorize(lambda s: routed.get(int(s), int(s)), otypes=[np.int64])
   off = lambda ids: Switch.sources(route(ids), exclude=np.asarray(ids)[:, :1].astype(np.int64))
   conds = {
       Cond.SINK_ON: Condition(models.null, Switch.sources),
       Cond.SWITCHED_OFF: Condition(models.null, off),
+  }
+  if prompt_routes is not None:
+    router_lib.fallback(fallback)  # validates the policy before any scoring
+    conds[Cond.PROMPT_ROUTED] = PromptRouted(
+        models.null, prompt_routes, lambda own: router_lib.fallback(fallback, exclude=own))
+  conds |= {
       Cond.ALL_OFF: Condition(models.null, lambda ids: Switch.sources(route(ids), exclude=forget)),
       Cond.BACKBONE: Condition(models.null, lambda ids: Switch.backbone()),
       Cond.EXPECTED: Condition(models.null, lambda ids: Switch.expected(exclude=forget)),
@@ -195,11 +260,9 @@ def conditions(models: Models, routed: dict[int, int], forget: list[int]) -> dic
   return conds
 
 
-def truth_ratios(cond: Condition, probes: Sequence[Probe], desc: str | None = None) -> np.ndarray:
-  ids = np.asarray([p.source_id for p in probes], np.int64)
-  switch_for = lambda idx: cond.switch_for_sources(ids[idx][:, None])
-  nll = inference.option_nll(cond.run, probes, switch_for, params=cond.params, desc=desc)
-  return scores.truth_ratio(nll)
+def truth_ratios(cond: Condition | PromptRouted, probes: Sequence[Probe],
+                 desc: str | None = None) -> np.ndarray:
+  return scores.truth_ratio(cond.option_nll(probes, desc))
 
 
 def _taxonomy(probes: Sequence[Probe], oracle_ratios: np.ndarray | None) -> list[str]:
@@ -211,7 +274,8 @@ def _taxonomy(probes: Sequence[Probe], oracle_ratios: np.ndarray | None) -> list
           for p, r in zip(probes, oracle_ratios)]
 
 
-def _retained_probes(probes, forget_set, limit: int, seed: int) -> list[Probe]:
+def retained_probes(probes, forget_set, limit: int, seed: int) -> list[Probe]:
+  """The probes of sources not forgotten, a seeded sample of at most `limit`."""
   keep = [p for p in probes if p.source_id not in forget_set]
   if len(keep) > limit:
     idx = np.random.default_rng(seed).choice(len(keep), limit, replace=False)
@@ -227,8 +291,7 @@ def _capability(models: Models, heldout, router, forget_set, cfg, log) -> dict:
   """Held-out loss per token: text no model trained on."""
   log(f"held-out loss on {len(heldout)} documents")
   rows = pipeline.document_rows(models.null.tokenizer, heldout, cfg.seq_len)
-  h_sources, h_emb = routing.backbone_embeddings(models.null, heldout, seq_len=cfg.seq_len)
-  nearest = {int(s): router.nearest(e, forget_set) for s, e in zip(h_sources, h_emb)}
+  nearest = router.route_docs(heldout, forget_set)
   route = np.vectorize(lambda s: nearest[int(s)], otypes=[np.int64])
   out = {
       "null (routed)": unlearning.heldout_nll(models.null, rows,

@@ -1,4 +1,10 @@
-"""Loading a trained run, scoring cloze options, and greedy generation under a switch."""
+"""Loading a trained run, scoring cloze options, and greedy generation under a switch.
+
+A run is loaded with its forget ledger applied: the forgotten sources' sinks
+are zeroed in `Run.params`, so no path through the weights can serve them, and
+every entry point here (`Run.model()`, `option_nll`, `generate`) refuses a
+switch that asks for one (`ledger.ForgottenSourceError`).
+"""
 
 from __future__ import annotations
 
@@ -13,27 +19,48 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from nullearn import batching, losses
+from nullearn import batching, losses, surgery
 from nullearn import checkpoint as ckpt_lib
+from nullearn import ledger as ledger_lib
 from nullearn import model as model_lib
+from nullearn import router as router_lib
 from nullearn.data.records import Probe
 from nullearn.data.tokenizer import EOS_ID, Tokenizer
 from nullearn.model import ModelConfig, Transformer
+from nullearn.router import PromptRouter
 from nullearn.switch import Switch
 from nullearn.writer import progress
 
 
 @dataclasses.dataclass
 class Run:
-  """A trained model with its tokenizer and metadata; `params` is a pure dict."""
+  """A trained model with its tokenizer and metadata; `params` is a pure dict.
+
+  `ledger` lists the forgotten sources: their sinks are already zeroed in
+  `params`, and a switch asking for them is refused (`check`).
+  """
   model_cfg: ModelConfig
   graphdef: Any
   params: Any
   tokenizer: Tokenizer
   meta: dict[str, Any]
+  ledger: ledger_lib.Ledger = dataclasses.field(default_factory=ledger_lib.Ledger)
+  workdir: str = ""
+  step: int = 0  # the checkpoint's training step
 
-  def model(self, params=None) -> Transformer:
-    return nnx.merge(self.graphdef, self.params if params is None else params)
+  def model(self, params=None) -> ServedModel:
+    return ServedModel(nnx.merge(self.graphdef, self.params if params is None else params),
+                       self.ledger)
+
+  def router(self) -> PromptRouter:
+    """The run's prompt router, `<workdir>/router` (built by `nullearn router`); it never
+    returns a forgotten source."""
+    return PromptRouter.load(epath.Path(self.workdir) / router_lib.DIRECTORY).without(
+        self.ledger.ids)
+
+  def check(self, switch: Switch, what: str = "switch") -> Switch:
+    """`switch`, unless it asks for a forgotten source's sinks (ForgottenSourceError)."""
+    return self.ledger.check(switch, what)
 
   @property
   def context(self) -> int:
@@ -41,15 +68,56 @@ class Run:
     return int(self.meta["config"]["data"]["seq_len"])
 
 
+class ServedModel:
+  """A run's Transformer behind its ledger: a call whose switch names a forgotten source
+  is refused. `module` is the nnx module itself (for nnx transforms); its weights hold
+  none of the forgotten sinks either."""
+
+  def __init__(self, module: Transformer, ledger: ledger_lib.Ledger):
+    self.module = module
+    self.ledger = ledger
+
+  def __call__(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
+    return self.module(tokens_BxT, segment_ids_BxT, positions_BxT, self._checked(switch))
+
+  def hidden(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
+    return self.module.hidden(tokens_BxT, segment_ids_BxT, positions_BxT, self._checked(switch))
+
+  def hidden_from_embeddings(self, x_BxTxD, segment_ids_BxT, positions_BxT,
+                             switch: Switch | None):
+    return self.module.hidden_from_embeddings(x_BxTxD, segment_ids_BxT, positions_BxT,
+                                              self._checked(switch))
+
+  def __getattr__(self, name):
+    return getattr(self.module, name)
+
+  def _checked(self, switch):
+    return switch if switch is None else self.ledger.check(switch)
+
+
+def with_ledger(run: Run, ledger: ledger_lib.Ledger) -> Run:
+  """`run` with `ledger`'s sources removed from its weights and refused by its entry points."""
+  if not len(ledger):
+    return dataclasses.replace(run, ledger=ledger)
+  params = surgery.remove_sinks(run.params, run.model_cfg.geometry, ledger.ids)
+  return dataclasses.replace(run, params=params, ledger=ledger)
+
+
 def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None, *,
-             device: jax.Device | None = None) -> Run:
-  """Restores the latest checkpoint's parameters (not the optimizer) from `workdir`.
+             device: jax.Device | None = None, apply_ledger: bool = True) -> Run:
+  """Restores the latest checkpoint's parameters (not the optimizer) from `workdir`,
+  with its forget ledger applied.
 
   The parameters land on `device` (default: this process's first), whatever
   topology saved them: a checkpoint of a 64-chip pod loads in a 1-GPU Colab.
   `model_cfg`, if given, must agree with the checkpoint's sink geometry.
+  `apply_ledger=False` is the evaluation's escape, and only that: `nullearn eval`
+  measures the counterfactual (its "sink on" condition, the NULL's post-hoc
+  baselines and attacks need the forgotten sinks), and `nullearn export` scores
+  the retained probes before the removal. Nothing that serves a model uses it.
   """
   workdir = epath.Path(workdir)
+  ledger = ledger_lib.read(workdir) if apply_ledger else None  # a corrupt ledger fails first
   ckpt, step = ckpt_lib.require_checkpoint(workdir)
   meta = ckpt.read_meta(step)
   saved_cfg = ModelConfig.from_config(meta["config"]["model"])
@@ -66,7 +134,8 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
     raise ckpt_lib.CheckpointMismatchError(
         f"{workdir}/tokenizer.model is not the tokenizer {ckpt.directory}/{step} was trained with")
   ckpt.close()
-  return Run(saved_cfg, graphdef, state, tokenizer, meta)
+  run = Run(saved_cfg, graphdef, state, tokenizer, meta, workdir=str(workdir), step=step)
+  return with_ledger(run, ledger) if apply_ledger else run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,18 +158,26 @@ def option_rows(tokenizer: Tokenizer, probes: Sequence[Probe], context: int) -> 
       answer = np.asarray(tokenizer.encode(option), np.int32)
       if not len(answer):
         raise ValueError(f"probe {i} ({p.prompt!r}): option {option!r} tokenizes to nothing")
-      keep = context - len(answer)  # the row is at most context + 1 tokens
-      if keep < 1:
+      if len(answer) >= context:
         raise ValueError(f"probe {i} ({p.prompt!r}): option {option!r} is {len(answer)} tokens, "
                          f"the model's context is {context}")
-      cut = prompt if len(prompt) <= keep else np.concatenate(
-          [prompt[:1], prompt[len(prompt) - keep + 1:]])
-      rows.append(np.concatenate([cut, answer]).astype(np.int32))
-      starts.append(len(cut))
+      row, start = scored_row(prompt, answer, context)
+      rows.append(row)
+      starts.append(start)
       probe_idx.append(i)
       option_idx.append(j)
   return OptionRows(rows, np.asarray(starts), np.asarray(probe_idx, np.int32),
                     np.asarray(option_idx, np.int32))
+
+
+def scored_row(prompt_ids: np.ndarray, continuation_ids: np.ndarray,
+               context: int) -> tuple[np.ndarray, int]:
+  """(row, where the continuation starts): BOS + prompt + continuation in at most
+  `context + 1` tokens, the prompt cut from the left (after BOS) when too long."""
+  keep = context - len(continuation_ids)  # the row is at most context + 1 tokens
+  cut = prompt_ids if len(prompt_ids) <= keep else np.concatenate(
+      [prompt_ids[:1], prompt_ids[len(prompt_ids) - keep + 1:]])
+  return np.concatenate([cut, continuation_ids]).astype(np.int32), len(cut)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -112,6 +189,14 @@ def _mean_option_nll(graphdef, params, tokens_BxL, starts_B, lengths_B, switch: 
   w = ((target_pos >= starts_B[:, None]) & (target_pos < lengths_B[:, None])).astype(jnp.float32)
   logits = nnx.merge(graphdef, params)(inputs, segment_ids, positions, switch)
   return losses.sequence_nll(logits, targets, w) / jnp.maximum(w.sum(-1), 1.0)
+
+
+def row_nll(run: Run, tokens_BxL, starts_B, lengths_B, switch: Switch, *,
+            params=None) -> np.ndarray:
+  """Mean token NLL of each row from its start to its length, [B], under `switch`
+  (refused if it asks for a forgotten source)."""
+  return np.asarray(_mean_option_nll(run.graphdef, run.params if params is None else params,
+                                     tokens_BxL, starts_B, lengths_B, run.check(switch)))
 
 
 SwitchFn = Callable[[np.ndarray], Switch]
@@ -132,9 +217,9 @@ def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
   batches = list(batching.token_batches(lengths, max_tokens))
   for idx, m, width in progress(batches, desc=desc):
     tokens = batching.pad_rows([rows.tokens[i] for i in idx], width)
-    nll = _mean_option_nll(run.graphdef, params, tokens, rows.starts[idx], lengths[idx],
-                           switch_for(rows.probe[idx]))
-    out[idx[:m]] = np.asarray(nll)[:m]
+    nll = row_nll(run, tokens, rows.starts[idx], lengths[idx], switch_for(rows.probe[idx]),
+                  params=params)
+    out[idx[:m]] = nll[:m]
   table = np.full((len(probes), int(rows.option.max()) + 1), np.nan, np.float32)
   table[rows.probe, rows.option] = out
   return table
@@ -175,10 +260,24 @@ def _next_token(graphdef, params, tokens_1xL, length, switch: Switch):
 
 def generate(run: Run, prompt: str, switch: Switch, max_new_tokens: int = 16, *,
              params=None) -> str:
-  """Greedy continuation of `prompt`; `switch` sees a 1xL row (source ids broadcast)."""
+  """Greedy continuation of `prompt`; `switch` sees a 1xL row (source ids broadcast).
+
+  A prompt whose tokens and `max_new_tokens` exceed the model's context is
+  refused, not cut: the model never saw later positions, and a cut prompt
+  would silently answer another question.
+  """
+  run.check(switch, "--source")
   params = run.params if params is None else params
+  if not prompt.strip():
+    raise ValueError("--prompt: is empty")
+  if max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens: must be at least 1, got {max_new_tokens}")
   prompt_ids = run.tokenizer.encode_document(prompt)[:-1]
   total = len(prompt_ids) + max_new_tokens
+  if total > run.context:
+    raise ValueError(f"--prompt: {len(prompt_ids)} tokens (with BOS) and --max_new_tokens "
+                     f"{max_new_tokens} exceed the model's context of {run.context} tokens; "
+                     "shorten the prompt or ask for fewer tokens")
   tokens = np.zeros((1, total), np.int32)
   tokens[0, :len(prompt_ids)] = prompt_ids
   length = len(prompt_ids)

@@ -1,25 +1,29 @@
-"""Routing a query for a forgotten source to the nearest surviving source.
+"""Routing a query for a forgotten source to the nearest surviving source (evaluation).
 
-A source is embedded by the model's own backbone-only hidden states,
-mean-pooled over its text (no other model needed), or optionally by a
-sentence-transformer embedding of its title, as the reference code does. The
-nearest source by cosine similarity that is not forgotten serves the query,
-with the forgotten sinks excluded from its mask.
+By default a source's query is its own leading words less its title's words,
+routed through the serving router (`router.PromptRouter`, BM25): the same
+index that routes a deployment's prompts. Alternatively a source is embedded by the model's own
+backbone-only hidden states, mean-pooled over its text (no other model
+needed), or by a sentence-transformer embedding of its title, as the reference
+code does, and the nearest source by cosine similarity serves. Either way the
+forgotten sources are never returned, and their sinks are excluded from the
+serving source's mask.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from nullearn import router as router_lib
 from nullearn.batching import padded_batches
 from nullearn.data import pipeline
-from nullearn.data.records import Document
+from nullearn.data.records import Document, sources_by_id
 from nullearn.inference import Run
 from nullearn.switch import Switch
 from nullearn.writer import progress
@@ -57,13 +61,14 @@ def backbone_embeddings(run: Run, docs: Sequence[Document], *, seq_len: int = 12
   return sources, _unit(emb)
 
 
-def title_embeddings(names: dict[int, str], model_name: str = "all-MiniLM-L6-v2"):
-  """(source ids, unit embeddings) of source titles: needs the `routing` extra."""
+def title_embeddings(docs: Sequence[Document], model_name: str = "all-MiniLM-L6-v2"):
+  """(source ids, unit embeddings) of the documents' source titles: needs the `routing` extra."""
   try:
     from sentence_transformers import SentenceTransformer
   except ImportError as e:
     raise ImportError("title routing needs sentence-transformers: "
                       "pip install 'nullearn[routing]'") from e
+  names = sources_by_id(docs)
   sources = np.asarray(sorted(names), np.int64)
   emb = SentenceTransformer(model_name).encode([names[int(s)] for s in sources])
   return sources, _unit(np.asarray(emb, np.float32))
@@ -83,13 +88,30 @@ def _first_rows_per_source(ids: np.ndarray, k: int) -> np.ndarray:
   return np.asarray(keep)
 
 
-class Router:
-  """Nearest surviving source by cosine similarity of source embeddings."""
+Embed = Callable[[Sequence[Document]], tuple[np.ndarray, np.ndarray]]
 
-  def __init__(self, sources: np.ndarray, embeddings: np.ndarray):
+
+class Router:
+  """Nearest surviving source by cosine similarity of source embeddings.
+
+  `embed(docs)` gives (source ids, unit embeddings) of other documents (held-out
+  text) in the same space, for `route_docs`.
+  """
+
+  def __init__(self, sources: np.ndarray, embeddings: np.ndarray, embed: Embed | None = None):
     self.sources = np.asarray(sources, np.int64)
     self.embeddings = embeddings
+    self.embed = embed
     self._row = {int(s): i for i, s in enumerate(self.sources)}
+
+  @classmethod
+  def of(cls, docs: Sequence[Document], embed: Embed) -> Router:
+    return cls(*embed(docs), embed=embed)
+
+  def route_docs(self, docs: Sequence[Document], forgotten: Collection[int]) -> dict[int, int]:
+    """Each document's source (text the index never saw) -> its nearest surviving source."""
+    sources, emb = self.embed(docs)
+    return {int(s): self.nearest(e, forgotten) for s, e in zip(sources, emb)}
 
   def route(self, source_id: int, forgotten: Collection[int]) -> int:
     if source_id not in self._row:
@@ -104,3 +126,41 @@ class Router:
     if np.all(gone):
       raise ValueError("every source is forgotten: there is nowhere to route")
     return int(self.sources[int(np.argmax(sims))])
+
+
+class TextRouter:
+  """Source routing through the serving router: a source's query is its own leading words
+  without its title's words. A name identifies one source, so another source sharing a
+  fragment of it (a first name, a surname) is not about the same thing. On the fact world
+  (50 leading words) the names sent 59% of forgotten sources out of their region; without
+  them 18% (100 words: 0%)."""
+
+  def __init__(self, index: router_lib.PromptRouter, docs: Sequence[Document],
+               leading_words: int):
+    """`index` holds `docs`' sources, indexed by `leading_words` words each."""
+    self.index = index
+    self.leading_words = leading_words
+    self.texts = dict(_queries(docs, leading_words))
+
+  def route(self, source_id: int, forgotten: Collection[int]) -> int:
+    if source_id not in self.texts:
+      raise ValueError(f"source {source_id} has no text in the corpus")
+    return self._route(source_id, self.texts[source_id], forgotten)
+
+  def route_docs(self, docs: Sequence[Document], forgotten: Collection[int]) -> dict[int, int]:
+    return {s: self._route(s, text, forgotten) for s, text in _queries(docs, self.leading_words)}
+
+  def _route(self, source_id: int, text: str, forgotten: Collection[int]) -> int:
+    got = self.index.route(text, exclude=np.fromiter(forgotten, np.int64, len(forgotten)))
+    if got.source is None:
+      raise ValueError(f"source {source_id}: no surviving source shares a word with its "
+                       "leading words, or every source is forgotten")
+    return got.source
+
+
+def _queries(docs: Sequence[Document], leading_words: int):
+  """(source id, its leading words less its title's words) per source."""
+  titles = sources_by_id(docs)
+  for s, text in router_lib.source_texts(docs, leading_words):
+    title = set(router_lib.words(titles[s]))
+    yield s, " ".join(w for w in router_lib.words(text) if w not in title)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from nullearn import evaluate, inference, report, results, routing, scores, train
+from nullearn import evaluate, inference, ledger, report, results, router, routing, scores, train
 from nullearn.configs import base
 from nullearn.data import factworld
 from nullearn.data.records import Document, Probe
@@ -105,10 +105,12 @@ def test_full_report_is_written_and_readable(setup, world, tmp_path):
   heldout = [Document(999, "Unseen", world.documents[0].text.replace("a", "o"))]
   result = evaluate.evaluate(models, world.documents, world.probes, forget, small_eval(),
                              heldout=heldout, log=lambda m: None)
-  assert set(result.conditions) == {Cond.SINK_ON, Cond.SWITCHED_OFF, Cond.ALL_OFF, Cond.BACKBONE,
-                                    Cond.EXPECTED, Cond.ORACLE, Cond.PLAIN}
+  assert set(result.conditions) == {Cond.SINK_ON, Cond.SWITCHED_OFF, Cond.PROMPT_ROUTED,
+                                    Cond.ALL_OFF, Cond.BACKBONE, Cond.EXPECTED, Cond.ORACLE,
+                                    Cond.PLAIN}
   for f in result.forgotten:
     assert f["routed_to"] not in forget
+    assert len(f["prompts_routed_to"]) == 7 and not set(f["prompts_routed_to"]) & set(forget)
   kinds = result.kinds
   assert set(kinds) <= {"unique", "inferred", "shared"} and len(kinds) == 2 * 7
   assert set(result.baselines) == {f"{m}+{u}" for m in ("plain", "null")
@@ -145,10 +147,15 @@ def test_each_condition_scores_its_own_switch(setup, world):
                              log=lambda m: None)
   routed = {f["id"]: f["routed_to"] for f in result.forgotten}
   probes = [p for p in world.probes if p.source_id in set(forget)]
+  index = router.PromptRouter.in_memory(router.source_texts(world.documents, 100))
+  prompt_routed = {p.prompt: index.route(p.prompt, forget).source for p in probes}
+  assert None not in prompt_routed.values()
   expected = {
       Cond.SINK_ON: (models.null, lambda p: Switch.sources(p.source_id)),
       Cond.SWITCHED_OFF: (models.null, lambda p: Switch.sources(routed[p.source_id],
                                                                 exclude=[p.source_id])),
+      Cond.PROMPT_ROUTED: (models.null, lambda p: Switch.sources(prompt_routed[p.prompt],
+                                                                 exclude=[p.source_id])),
       Cond.ALL_OFF: (models.null, lambda p: Switch.sources(routed[p.source_id], exclude=forget)),
       Cond.BACKBONE: (models.null, lambda p: Switch.backbone()),
       Cond.EXPECTED: (models.null, lambda p: Switch.expected(exclude=forget)),
@@ -166,8 +173,28 @@ def test_each_condition_scores_its_own_switch(setup, world):
   assert not np.allclose(result.ratios[Cond.BACKBONE], result.ratios[Cond.EXPECTED])
 
 
+def test_prompts_nothing_matches_are_served_by_the_fallback(setup, world):
+  """A prompt routed nowhere is scored under serve.fallback, own sinks excluded."""
+  models, forget, _ = setup
+  probes = [p for p in world.probes if p.source_id in set(forget)][:6]
+  routes = {p.prompt: (None if i % 2 else 1) for i, p in enumerate(probes)}
+  for fallback, switch_of in (("expected", lambda p: Switch.expected(exclude=[p.source_id])),
+                              ("backbone", lambda p: Switch.backbone())):
+    cond = evaluate.conditions(models, {}, forget, routes, fallback)[Cond.PROMPT_ROUTED]
+    want = [scores.truth_ratio(inference.option_nll(models.null, [p], lambda idx, p=p: (
+        Switch.sources(1, exclude=[p.source_id]) if routes[p.prompt] else switch_of(p))))[0]
+            for p in probes]
+    np.testing.assert_allclose(evaluate.truth_ratios(cond, probes), want, rtol=2e-4)
+  with pytest.raises(ValueError, match="serve.fallback"):
+    evaluate.conditions(models, {}, forget, routes, "nearest")
+
+
 def test_forgetting_nothing_or_unknown_sources_is_an_error(setup, world):
   models, _, _ = setup
+  gone = ledger.Ledger((ledger.Entry(1, "a", "r", "t", "u"),))
+  ledgered = evaluate.Models(inference.with_ledger(models.null, gone))
+  with pytest.raises(ValueError, match="apply_ledger=False"):
+    evaluate.evaluate(ledgered, world.documents, world.probes, [1], small_eval())
   with pytest.raises(ValueError, match="no sources to forget"):
     evaluate.evaluate(models, world.documents, world.probes, [], small_eval())
   with pytest.raises(ValueError, match="have no documents"):
