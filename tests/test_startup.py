@@ -278,7 +278,7 @@ def test_preempted_nullearn_train_resumes_on_a_new_slice(cloud):
   assert "\r" not in log
   saved = int(re.search(r"^\S+ SIGTERM: saved checkpoint at step (\d+); exiting$", first,
                         flags=re.M).group(1))
-  resumed = re.search(r"^\S+ resuming from (\S+)/checkpoints/(\d+)$", second, flags=re.M)
+  resumed = re.search(r"^\S+ resuming from checkpoint (\S+)/checkpoints/(\d+)$", second, flags=re.M)
   assert resumed.group(1) == str(cloud.workdir)
   assert int(resumed.group(2)) == saved and 4 <= saved < 40
   steps = [int(s) for s in re.findall(r"\[step (\d+)\]", log)]
