@@ -1,8 +1,14 @@
+import json
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from nullearn.data import pipeline
 from nullearn.data.records import Document
+from nullearn.data.tokenizer import split_document
 
 
 def dataset(world, tokenizer, **kw):
@@ -95,3 +101,31 @@ def test_process_shards_are_disjoint(world, tokenizer):
 def test_empty_corpus_is_an_error(tokenizer):
   with pytest.raises(ValueError, match="no documents"):
     pipeline.training_dataset([], tokenizer, seq_len=8, batch_size=1, seed=0)
+
+
+def test_long_document_is_tokenized_in_parts(tokenizer):
+  """A document longer than a part is cut at whitespace, BOS first and EOS last, nothing lost."""
+  text = " ".join(f"word{i % 97}" for i in range(40_000))  # ~270k characters
+  parts = split_document(text, pipeline.PART_ROWS * 33)
+  assert len(parts) > 1 and "".join(parts) == text
+  tokens = [tokenizer.encode_part(p, first=i == 0, last=i == len(parts) - 1)
+            for i, p in enumerate(parts)]
+  flat = np.concatenate(tokens)
+  assert flat[0] == 2 and flat[-1] == 3 and np.sum(flat == 2) == 1 and np.sum(flat == 3) == 1
+  assert tokenizer.decode(flat).split() == text.split()
+  rows = pipeline.document_rows(tokenizer, [Document(source_id=5, source="long", text=text)], 32)
+  # every token but each part's first is a target exactly once
+  assert rows["weights"].sum() == len(flat) - len(parts)
+  assert np.all(rows["source_ids"] == 5)
+
+
+def test_peak_memory_of_a_20mb_document_is_bounded_by_rows():
+  """Training on one 20 MB article costs no more memory than loading it (measured per process)."""
+  bench = pathlib.Path(__file__).parents[1] / "benchmarks" / "long_document.py"
+  peak = {}
+  for way in ("baseline", "pipeline"):
+    out = subprocess.run([sys.executable, str(bench), f"--way={way}", "--mb=20"],
+                         capture_output=True, text=True, check=True)
+    peak[way] = json.loads(out.stdout)["peak_mib"]
+  # tokenizing it whole costs ~840 MiB more (benchmarks/results/long_document.json)
+  assert peak["pipeline"] - peak["baseline"] < 64, peak

@@ -17,9 +17,25 @@ import numpy as np
 
 from nullearn.data.corpus import Corpus, TrainingSet, training_set
 from nullearn.data.records import Document
-from nullearn.data.tokenizer import Tokenizer
+from nullearn.data.tokenizer import Tokenizer, split_document
 
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions", "source_ids")
+
+
+# A document is tokenized in parts of at most this many rows' worth of characters, so
+# memory is bounded by the row length, not by the longest document.
+PART_ROWS = 64
+
+
+@dataclasses.dataclass
+class _Split(grain.experimental.FlatMapTransform):
+  """Cuts a document's text into parts of at most `max_chars` (before tokenizing)."""
+  max_chars: int
+  max_fan_out: int = 1 << 20
+
+  def flat_map(self, doc: Document):
+    parts = split_document(doc.text, self.max_chars)
+    return [(part, doc.source_id, i == 0, i == len(parts) - 1) for i, part in enumerate(parts)]
 
 
 class _Tokenize(grain.transforms.Map):
@@ -27,14 +43,15 @@ class _Tokenize(grain.transforms.Map):
   def __init__(self, tokenizer: Tokenizer):
     self.tokenizer = tokenizer
 
-  def map(self, doc: Document) -> dict[str, np.ndarray]:
-    tokens = self.tokenizer.encode_document(doc.text)
-    return {"tokens": tokens, "source_ids": np.full(tokens.shape, doc.source_id, np.uint32)}
+  def map(self, part) -> dict[str, np.ndarray]:
+    text, source_id, first, last = part
+    tokens = self.tokenizer.encode_part(text, first=first, last=last)
+    return {"tokens": tokens, "source_ids": np.full(tokens.shape, source_id, np.uint32)}
 
 
 @dataclasses.dataclass
 class _Chunk(grain.experimental.FlatMapTransform):
-  """Cuts long documents into rows; each piece keeps its source id."""
+  """Cuts a tokenized part into rows; each piece keeps its source id."""
   length: int
   max_fan_out: int = 1 << 20
 
@@ -71,8 +88,9 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
   if len(ds) == 0:
     raise ValueError("the corpus has no documents")
   ds = ds[shard_index::shard_count].shuffle(seed=seed).repeat(num_epochs)
-  it = ds.map(_Tokenize(tokenizer)).to_iter_dataset()
-  it = grain.experimental.FlatMapIterDataset(it, _Chunk(seq_len + 1))
+  it = grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(),
+                                             _Split(max_chars=PART_ROWS * (seq_len + 1)))
+  it = grain.experimental.FlatMapIterDataset(it.map(_Tokenize(tokenizer)), _Chunk(seq_len + 1))
   it = grain.experimental.FirstFitPackIterDataset(
       it, length_struct={"tokens": seq_len + 1, "source_ids": seq_len + 1},
       num_packing_bins=packing_bins, seed=seed, meta_features=("source_ids",),
@@ -124,9 +142,11 @@ def document_rows(tokenizer: Tokenizer, docs: Sequence[Document],
   """
   pieces = []
   for doc in docs:
-    tokens = tokenizer.encode_document(doc.text)
-    for i in range(0, len(tokens) - 1, seq_len):
-      pieces.append((tokens[i:i + seq_len + 1], doc.source_id))
+    parts = split_document(doc.text, PART_ROWS * (seq_len + 1))
+    for j, part in enumerate(parts):
+      tokens = tokenizer.encode_part(part, first=j == 0, last=j == len(parts) - 1)
+      for i in range(0, len(tokens) - 1, seq_len):
+        pieces.append((tokens[i:i + seq_len + 1], doc.source_id))
   if not pieces:
     raise ValueError("no text to cut into rows")
   n = len(pieces)

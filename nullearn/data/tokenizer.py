@@ -56,7 +56,31 @@ class Tokenizer:
 
   def encode_document(self, text: str) -> np.ndarray:
     """BOS + pieces + EOS: the unit that training packs and probes mirror."""
-    return np.asarray([BOS_ID, *self._sp.encode(text), EOS_ID], np.int32)
+    return self.encode_part(text, first=True, last=True)
+
+  def encode_part(self, text: str, *, first: bool, last: bool) -> np.ndarray:
+    """One part of a document (`split_document`): BOS only on the first, EOS only on the last."""
+    return np.asarray([BOS_ID] * first + self._sp.encode(text) + [EOS_ID] * last, np.int32)
+
+
+def split_document(text: str, max_chars: int) -> list[str]:
+  """Cuts text into parts of at most `max_chars`, at a newline or else a space where one lies
+  in the part's second half.
+
+  SentencePiece's memory grows with the string it encodes (about 500 bytes a
+  character), so a long document is encoded part by part.
+  """
+  parts, start = [], 0
+  while len(text) - start > max_chars:
+    end = start + max_chars
+    half = start + max_chars // 2
+    cut = text.rfind("\n", half, end)
+    cut = text.rfind(" ", half, end) if cut < 0 else cut
+    end = cut + 1 if cut >= 0 else end
+    parts.append(text[start:end])
+    start = end
+  parts.append(text[start:])
+  return parts
 
 
 def _sentences(texts: Iterable[str]) -> Iterator[str]:
