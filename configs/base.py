@@ -32,6 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       exclude_sources=(),  # source ids or names left out of training (an oracle run)
       tfds_data_dir="",  # TFDS corpora: where the prepared dataset lives ("": TFDS default)
       title_index="",  # TFDS corpora: a copy of the source index (default: the dataset's own)
+      # "": the corpus's own sources; "clusters:K": a documents .jsonl grouped into K clusters
+      # of similar text (TF-IDF + k-means, seeded by cluster_seed), one cluster a source.
+      sources="", cluster_seed=0,
   ))
   c.factworld = ml_collections.ConfigDict(dict(
       num_sources=1000, sources_per_group=10, unique_facts=4, shared_facts=3,

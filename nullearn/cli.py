@@ -207,6 +207,7 @@ def eval_main(argv):
   if os.environ.get("TFDS_DATA_DIR"):  # where this machine keeps the prepared dataset
     run_config.data.tfds_data_dir = os.environ["TFDS_DATA_DIR"]
   corpus = corpus_lib.load(run_config)
+  corpus_lib.check_clustering(corpus, null.meta)
   forget = corpus_lib.resolve_sources(corpus, _FORGET.value or config.eval.forget or [
       str(i) for i in ledger_lib.read(_workdir()).ids])
   problems = evaluate.validate(models, forget)
@@ -261,7 +262,9 @@ def _corpus(meta: dict):
   import ml_collections
 
   from nullearn.data import corpus as corpus_lib
-  return corpus_lib.load(ml_collections.ConfigDict(meta["config"]))
+  corpus = corpus_lib.load(ml_collections.ConfigDict(meta["config"]))
+  corpus_lib.check_clustering(corpus, meta)
+  return corpus
 
 
 def _resolve(corpus, specs, flag: str) -> list[int]:

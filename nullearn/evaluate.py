@@ -416,6 +416,7 @@ def _extraction(conds, unlearned, docs, forget_set, cfg, log) -> dict:
           steps=cfg.gcg_steps,
           top_k=cfg.gcg_top_k, batch_size=cfg.gcg_batch, seed=cfg.seed))
     out[name] = {"exact_match": verb["exact_match"], "rouge_l": verb["rouge_l"],
+                 "rouge_l_recall": verb["rouge_l_recall"],
                  "samples": verb["num_samples"],
                  "acr_mean": float(np.mean([a["acr"] for a in acrs])) if acrs else float("nan"),
                  "acr_found": [bool(a["found"]) for a in acrs],

@@ -64,12 +64,27 @@ def markdown(report: Report) -> str:
       cells += [_f(row[k].median), _f(row[k].frac_above_1), _f(row[k].forget_quality, 3)]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines.append("")
+  lines += ["### In TOFU's orientation", "",
+            "TOFU's Truth Ratio per probe is R' = 1/R (distractors over answer, < 1: prefers "
+            "the truth); its forget-set Truth Ratio is mean(min(R', 1/R')), 1 when the model "
+            "has no preference. report.json has R' per probe under `tofu` "
+            "(open-unlearning's `value_by_index`).", "",
+            "| condition | " + " | ".join(f"{k} median R' | {k} TOFU TR" for k in cols) + " |",
+            "|---|" + "---|" * (2 * len(cols))]
+  for name, row in report.conditions.items():
+    cells = []
+    for k in cols:
+      cells += [_f(row[k].tofu_median), _f(row[k].tofu_forget)]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("")
   if report.retained:
     r = report.retained
     lines += ["## Retained sources", "",
               f"Median Truth Ratio of {r['sink on'].n} retained probes: sink on "
               f"{_f(r['sink on'].median)}, after switching all forgotten sources off "
-              f"{_f(r['after forgetting'].median)}.", ""]
+              f"{_f(r['after forgetting'].median)}. TOFU's retain-set Truth Ratio "
+              f"(mean max(0, 1 - R'), higher: knows): {_f(r['sink on'].tofu_retain)} and "
+              f"{_f(r['after forgetting'].tofu_retain)}.", ""]
   if report.budget:
     b = report.budget
     lines += ["## Forgetting budget", "",
@@ -108,11 +123,15 @@ def markdown(report: Report) -> str:
                    "these probes.")
     lines.append("")
   if report.extraction:
-    lines += ["## Extraction", "", "| model | exact match | ROUGE-L | ACR (mean) | ACR found |",
-              "|---|---|---|---|---|"]
+    lines += ["## Extraction", "",
+              "Greedy continuations of the forgotten text's prefixes; ROUGE-L on the text "
+              "(rouge-score, stemmed): F1 as MUSE's VerbMem, recall as TOFU's ROUGE.", "",
+              "| model | exact match | ROUGE-L F1 | ROUGE-L recall | ACR (mean) | ACR found |",
+              "|---|---|---|---|---|---|"]
     for name, e in report.extraction.items():
       lines.append(f"| {name} | {_f(e['exact_match'])} | {_f(e['rouge_l'])} | "
-                   f"{_f(e['acr_mean'])} | {sum(e['acr_found'])}/{len(e['acr_found'])} |")
+                   f"{_f(e.get('rouge_l_recall'))} | {_f(e['acr_mean'])} | "
+                   f"{sum(e['acr_found'])}/{len(e['acr_found'])} |")
     lines.append("")
   lines += ["## Claims", ""]
   for c in report.claims:

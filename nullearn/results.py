@@ -53,16 +53,21 @@ def fact_sets(kinds: list[str]) -> dict[FactSet, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-  """Truth Ratios of a set of probes under one condition.
+  """Truth Ratios of a set of probes under one condition, ours and in TOFU's orientation.
 
-  `tofu_truth` is TOFU's forget-set truth score in its own orientation
-  (mean of min(R', 1/R') with R' = 1/R): 1 means no preference.
+  Ours: R = Pn(answer) / Pn(distractors), > 1 prefers the truth. TOFU's:
+  R' = 1/R, < 1 prefers the truth, aggregated over a forget set as
+  mean(min(R', 1/R')) (1: no preference) and over a retain set as
+  mean(max(0, 1 - R')) (higher: knows).
   """
   n: int
   median: float
   mean: float
   frac_above_1: float
-  tofu_truth: float
+  tofu_median: float  # median of R'
+  tofu_mean: float  # mean of R' (not 1 / mean of R)
+  tofu_forget: float  # TOFU's forget-set Truth Ratio
+  tofu_retain: float  # TOFU's retain-set Truth Ratio
   forget_quality: float | None = None  # KS p-value against the oracle, when there is one
 
   @classmethod
@@ -70,10 +75,12 @@ class Summary:
     r = np.asarray(ratios, np.float64)
     if r.size == 0:
       nan = float("nan")
-      return cls(0, nan, nan, nan, nan, None if oracle is None else nan)
+      return cls(0, nan, nan, nan, nan, nan, nan, nan, None if oracle is None else nan)
     fq = None if oracle is None else scores.forget_quality(r, oracle)
+    tofu = scores.tofu_ratio(r)
     return cls(int(r.size), float(np.median(r)), float(np.mean(r)), float(np.mean(r > 1.0)),
-               scores.tofu_forget_score(r), fq)
+               float(np.median(tofu)), float(np.mean(tofu)), scores.tofu_forget_score(r),
+               scores.tofu_retain_score(r), fq)
 
 
 def summarize(ratios: dict[str, np.ndarray], kinds: list[str]) -> dict[str, dict[str, Summary]]:
@@ -130,9 +137,24 @@ class Report:
   def counts(self) -> dict[str, int]:
     return {k.value: self.kinds.count(k) for k in KINDS}
 
+  def tofu(self) -> dict[str, dict[str, Any]]:
+    """Per condition, the forgotten probes' Truth Ratios as open-unlearning reports them:
+    TOFU's ratio per probe keyed by its index in `probes`, the forget-set aggregate, and
+    the Forget Quality on all of them when there is an oracle."""
+    out = {}
+    for name, ratios in self.ratios.items():
+      out[name] = {"forget_truth_ratio": {
+          "agg_value": scores.tofu_forget_score(ratios),
+          "value_by_index": scores.value_by_index(scores.tofu_ratio(ratios))}}
+      fq = self.conditions[name][FactSet.ALL].forget_quality
+      if fq is not None:
+        out[name]["forget_quality"] = {"agg_value": fq}
+    return out
+
   def to_dict(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
     out["counts"] = self.counts
+    out["tofu"] = self.tofu()
     return out
 
 

@@ -27,6 +27,20 @@ def test_demo_writes_its_report(tmp_path, capsys):
   assert inference.load_run(tmp_path / "null").meta["data"]["excluded"] == []
 
 
+def test_two_runs_write_the_same_demo_json(tmp_path):
+  """Same config, same machine: byte-identical demo.json, training in parallel processes
+  as `nullearn demo` does (no timings, no unordered sets, no unseeded draws)."""
+  c = small_config(vocab_size=512)
+  c.train.steps = 6
+  c.demo.parallel = True
+  first, second = (tmp_path / "a", tmp_path / "b")
+  for workdir in (first, second):
+    demo.run(c, workdir)
+  text = (first / "demo.json").read_text()
+  assert json.loads(text)["num_probes"] == 28
+  assert text == (second / "demo.json").read_text()
+
+
 def small_world_config():
   """The demo at a fifth of its size: 200 sources, 20 forgotten, about 2 minutes on 2 cores."""
   from nullearn.configs import tiny

@@ -127,10 +127,19 @@ def test_full_report_is_written_and_readable(setup, world, tmp_path):
   loaded = json.loads((tmp_path / "report" / "report.json").read_text())
   assert loaded["conditions"]["oracle"]["unique"]["n"] == kinds.count("unique")
   assert loaded["ratios"]["switched off"] == result.ratios[Cond.SWITCHED_OFF]
+  # TOFU's orientation, per probe index, as open-unlearning stores it
+  tofu = loaded["tofu"]["switched off"]["forget_truth_ratio"]
+  assert list(tofu["value_by_index"]) == [str(i) for i in range(len(kinds))]
+  for i, r in enumerate(result.ratios[Cond.SWITCHED_OFF]):
+    assert tofu["value_by_index"][str(i)]["score"] == pytest.approx(1 / r)
+  assert loaded["tofu"]["oracle"]["forget_quality"]["agg_value"] == pytest.approx(1.0)
+  extracted = loaded["extraction"]["sink on"]
+  assert 0.0 <= extracted["rouge_l"] <= 1.0 and 0.0 <= extracted["rouge_l_recall"] <= 1.0
   md = (tmp_path / "report" / "report.md").read_text()
-  for heading in ("## Truth Ratio", "## Post-hoc", "## Relearning", "## Extraction", "## Claims",
-                  "## Forgetting budget"):
+  for heading in ("## Truth Ratio", "### In TOFU's orientation", "## Post-hoc", "## Relearning",
+                  "## Extraction", "## Claims", "## Forgetting budget"):
     assert heading in md
+  assert "ROUGE-L recall" in md and "TOFU's retain-set Truth Ratio" in md
   assert all((tmp_path / "report" / n).stat().st_size > 5000 for n in names if n.endswith(".png"))
 
 

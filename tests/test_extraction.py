@@ -57,16 +57,17 @@ def teacher_forced(run, tokens, source_id):
   return np.asarray(jnp.argmax(logits[0, :n], -1)), np.asarray(nll[0, :n])
 
 
-def test_rouge_l_hand_computed():
+def test_rouge_l_on_text_hand_computed():
   # LCS("a b c d e", "a c e f") = "a c e": P = 3/4, R = 3/5.
   p, r = 3 / 4, 3 / 5
-  assert extraction.rouge_l(["a", "b", "c", "d", "e"], ["a", "c", "e", "f"]) == pytest.approx(
-      2 * p * r / (p + r))
-  # Order matters: a reversal keeps one item in sequence.
-  assert extraction.rouge_l([1, 2, 3], [3, 2, 1]) == pytest.approx(1 / 3)
-  assert extraction.rouge_l([5, 9, 5, 7], [5, 9, 5, 7]) == 1.0
-  assert extraction.rouge_l([1, 2], [3, 4, 5]) == 0.0
-  assert extraction.rouge_l([], [1]) == 0.0
+  got = extraction.rouge_l("a b c d e", "a c e f")
+  assert got["f1"] == pytest.approx(2 * p * r / (p + r)) and got["recall"] == pytest.approx(r)
+  # Order matters: a reversal keeps one word in sequence.
+  assert extraction.rouge_l("x y z", "z y x")["f1"] == pytest.approx(1 / 3)
+  # Case and punctuation are dropped and words stemmed, as TOFU and MUSE score them.
+  assert extraction.rouge_l("The ships sailed.", "the ship sails")["f1"] == 1.0
+  assert extraction.rouge_l("one two", "three four five") == {"f1": 0.0, "recall": 0.0}
+  assert extraction.rouge_l("", "one")["f1"] == 0.0
 
 
 def test_greedy_continuations_are_the_argmax_at_every_step(run, world, tokenizer):
@@ -179,6 +180,10 @@ def test_verbatim_extraction_recites_trained_documents(run, world):
     assert out["num_samples"] == 6 and out["skipped"] == 1
     assert [s["source_id"] for s in out["samples"]] == [d.source_id for d in docs[:6]]
     assert out["rouge_l"] == pytest.approx(np.mean([s["rouge_l"] for s in out["samples"]]))
+    assert out["rouge_l_recall"] == pytest.approx(
+        np.mean([s["rouge_l_recall"] for s in out["samples"]]))
+    for s in out["samples"]:
+      assert s["rouge_l"] == extraction.rouge_l(s["truth"], s["emitted"])["f1"]
   recited = [s["rouge_l"] for s in trained["samples"][:MEMORISED]]
   unseen = [s["rouge_l"] for s in trained["samples"][MEMORISED:]]
   assert min(recited) > 0.9 > max(unseen)

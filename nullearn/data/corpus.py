@@ -17,7 +17,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from nullearn.data import factworld, records
+from nullearn.data import clusters, factworld, records
 from nullearn.data.records import Document, Probe
 from nullearn.data.source_index import SourceIndex, UnknownSourceError
 
@@ -26,6 +26,7 @@ from nullearn.data.source_index import SourceIndex, UnknownSourceError
 class Corpus:
   documents: Sequence[Document]  # a tuple in memory, or a lazy random-access source
   probes: tuple[Probe, ...] = ()
+  clustering: dict | None = None  # data.sources=clusters:K: how the sources were made
 
   @property
   def in_memory(self) -> bool:
@@ -64,10 +65,14 @@ class TrainingSet:
   corpus_fingerprint: str
   excluded: tuple[int, ...]  # data.exclude_sources: the sources an oracle never saw
   heldout: tuple[int, ...]  # eval.heldout_sources: text for held-out loss, never trained on
+  clustering: dict | None = None  # the corpus's clustering into sources, if it has one
 
   def provenance(self) -> dict:
-    return {"corpus": self.corpus_fingerprint, "excluded": list(self.excluded),
-            "heldout": list(self.heldout)}
+    out = {"corpus": self.corpus_fingerprint, "excluded": list(self.excluded),
+           "heldout": list(self.heldout)}
+    if self.clustering is not None:
+      out["sources"] = self.clustering
+    return out
 
 
 def training_set(corpus: Corpus | Sequence[Document],
@@ -81,11 +86,14 @@ def training_set(corpus: Corpus | Sequence[Document],
   if corpus.in_memory and not docs:
     raise ValueError("no documents left to train on: the corpus is empty or every source "
                      "is excluded or held out")
-  return TrainingSet(docs, corpus.fingerprint, excluded, heldout)
+  return TrainingSet(docs, corpus.fingerprint, excluded, heldout, corpus.clustering)
 
 
 def load(config: ml_collections.ConfigDict) -> Corpus:
   spec = config.data.corpus
+  k = clusters.num_clusters(config.data.get("sources", ""))
+  if k is not None:
+    return _clustered(config, k)
   if spec == "factworld":
     world = factworld.generate(factworld.FactWorldConfig.from_config(config))
     return Corpus(world.documents, world.probes)
@@ -103,6 +111,28 @@ def load(config: ml_collections.ConfigDict) -> Corpus:
     return Corpus(docs, probes)
   raise ValueError(f"unknown corpus {spec!r}: use 'factworld', a documents .jsonl file or "
                    "'tfds:<name>/<config>'")
+
+
+def _clustered(config: ml_collections.ConfigDict, k: int) -> Corpus:
+  """A documents .jsonl whose sources are `k` clusters of its text (any given ids ignored)."""
+  path = pathlib.Path(config.data.corpus)
+  if path.suffix != ".jsonl":
+    raise ValueError(f"data.sources: clusters:{k} groups a documents .jsonl file; "
+                     f"data.corpus is {config.data.corpus!r}")
+  if config.data.probes:
+    raise ValueError("data.probes: probes name their sources, which clusters:K replaces; "
+                     "leave it empty (eval builds cloze probes from the text)")
+  texts = records.read_texts(path)
+  made = clusters.cluster(texts, k, config.data.cluster_seed)
+  return Corpus(made.documents(texts), clustering=made.provenance())
+
+
+def check_clustering(corpus: Corpus, meta: dict) -> None:
+  """Refuses a corpus whose sources are not the clusters the run was trained on."""
+  recorded = meta.get("data", {}).get("sources")
+  if recorded != corpus.clustering:
+    raise ValueError(f"data.sources: the corpus's sources ({corpus.clustering}) are not the "
+                     f"ones the run was trained on ({recorded})")
 
 
 def resolve_sources(corpus: Corpus, specs: Iterable[int | str]) -> list[int]:

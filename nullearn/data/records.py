@@ -18,7 +18,7 @@ FACT_KINDS = ("unique", "shared", "inferred")
 MIN_DISTRACTORS = 3
 
 PathLike = str | os.PathLike[str]
-_Record = TypeVar("_Record", "Document", "Probe")
+_Record = TypeVar("_Record", "Document", "Probe", "_Text")
 
 
 class CorpusError(ValueError):
@@ -129,6 +129,23 @@ def read_documents(path: PathLike) -> list[Document]:
   if not docs:
     raise CorpusError(f"{path}: no documents")
   return docs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Text:
+  text: str
+
+  def __post_init__(self) -> None:
+    _check_str("text", self.text)
+
+
+def read_texts(path: PathLike) -> list[str]:
+  """The "text" of every line of a JSONL file, other keys ignored: unlabelled text, whose
+  sources a clustering assigns (`data.sources=clusters:K`)."""
+  texts = [t.text for t in _read(path, _Text, lambda t, lineno: None)]
+  if not texts:
+    raise CorpusError(f"{path}: no documents")
+  return texts
 
 
 def write_documents(path: PathLike, docs: Iterable[Document]) -> None:
