@@ -19,7 +19,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from nullearn import batching, losses, surgery
+from nullearn import attention, batching, losses, surgery
 from nullearn import checkpoint as ckpt_lib
 from nullearn import ledger as ledger_lib
 from nullearn import model as model_lib
@@ -124,6 +124,10 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
   if model_cfg is not None:
     ckpt_lib.check_geometry(meta["sink_geometry"], model_cfg.geometry, f"{ckpt.directory}/{step}")
     saved_cfg = model_cfg
+  try:
+    attention.resolve(saved_cfg.attention, saved_cfg.dtype)
+  except ValueError:  # a kernel of the training host (splash on TPU): this host picks its own
+    saved_cfg = dataclasses.replace(saved_cfg, attention="auto")
   graphdef, params, _ = model_lib.abstract(saved_cfg)
   here = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   # Orbax restores onto the saved topology unless the target says where each array goes.
