@@ -3,7 +3,9 @@
 Plain = every MLP neuron always on (pool 0, backbone = the whole width). The
 NULL runs with the dense mask (the reference computation: all F neurons
 computed, then masked) and with gathered sinks (only the backbone and each
-document's own sinks computed). Steps of the variants are interleaved so that
+document's own sinks computed). The NULL (gathered sinks) also runs once per
+attention kernel (`model.attention`); a kernel this host cannot run is listed
+as unavailable, not measured. Steps of the variants are interleaved so that
 drift in the machine's speed hits all of them alike.
 
   python benchmarks/step_time.py [--shapes tiny,mid] [--steps 10] [--out FILE]
@@ -39,7 +41,7 @@ if ARGS.devices:  # must precede the first import of jax
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nullearn import flops, sharding, train  # noqa: E402
+from nullearn import attention, flops, sharding, train  # noqa: E402
 from nullearn.configs import mid, tiny  # noqa: E402
 from nullearn.model import make_plain  # noqa: E402
 
@@ -57,7 +59,8 @@ def shape_config(name: str):
 
 
 def variants(c):
-  """(name, config) of plain, NULL dense and NULL gather, all of one width."""
+  """(name, config) of plain, NULL dense and NULL gather, all of one width, then the NULL
+  (gathered sinks) on each attention kernel."""
   out = []
   for name in ("plain", "null-dense", "null-gather"):
     v = copy.deepcopy(c)
@@ -66,7 +69,19 @@ def variants(c):
     else:
       v.model.sink_impl = name.split("-")[1]
     out.append((name, v))
+  for impl in attention.IMPLEMENTATIONS[1:]:
+    v = copy.deepcopy(c)
+    v.model.update(dict(sink_impl="gather", attention=impl))
+    out.append((f"attn-{impl}", v))
   return out
+
+
+def runs_here(c) -> bool:
+  try:
+    attention.resolve(c.model.attention, c.model.dtype)
+  except ValueError:
+    return False
+  return True
 
 
 def synthetic_batch(c, rng: np.random.Generator):
@@ -88,8 +103,12 @@ def synthetic_batch(c, rng: np.random.Generator):
 
 def bench_shape(name: str, steps: int, mesh) -> list[dict]:
   c = shape_config(name)
-  runs = []
+  runs, unavailable = [], []
   for vname, v in variants(c):
+    if not runs_here(v):
+      unavailable.append(dict(shape=name, devices=mesh.size, variant=vname, step_ms=None,
+                              unavailable=f"unavailable on {jax.default_backend()}"))
+      continue
     setup = train.make_setup(v, steps=1000, mesh=mesh)
     state = train.init_state(setup)
     step = train.make_train_step(setup)
@@ -124,8 +143,9 @@ def bench_shape(name: str, steps: int, mesh) -> list[dict]:
         flops_per_token=flops_per_token, dtype=m.dtype,
         mfu=flops_per_token * tokens / med / (peak * mesh.size) if peak else None,
         d_model=m.d_model, num_layers=m.num_layers, mlp_dim=m.mlp_dim, backbone=m.backbone,
-        pool=m.pool, active=m.active, batch=c.data.batch_size, seq_len=c.data.seq_len))
-  return rows
+        pool=m.pool, active=m.active, batch=c.data.batch_size, seq_len=c.data.seq_len,
+        attention=attention.resolve(m.attention, m.dtype)))
+  return rows + unavailable
 
 
 def main():
@@ -136,13 +156,16 @@ def main():
   for shape in ARGS.shapes.split(","):
     for _, mesh in meshes:
       rows += bench_shape(shape, ARGS.steps, mesh)
-  header = (f"{'shape':<6}{'devices':>8}{'variant':>13}{'step ms':>10}{'tok/s':>11}"
+  header = (f"{'shape':<6}{'devices':>8}{'variant':>16}{'step ms':>10}{'tok/s':>11}"
             f"{'vs plain':>10}{'MFU':>7}")
   print(header)
   print("-" * len(header))
   for r in rows:
+    if r["step_ms"] is None:
+      print(f"{r['shape']:<6}{r['devices']:>8}{r['variant']:>16}  {r['unavailable']}")
+      continue
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "–"
-    print(f"{r['shape']:<6}{r['devices']:>8}{r['variant']:>13}{r['step_ms']:>10.1f}"
+    print(f"{r['shape']:<6}{r['devices']:>8}{r['variant']:>16}{r['step_ms']:>10.1f}"
           f"{r['tokens_per_sec']:>11.0f}{r['ratio_to_plain']:>10.3f}{mfu:>7}")
   out = pathlib.Path(ARGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)

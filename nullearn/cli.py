@@ -59,8 +59,17 @@ _SOURCE = flags.DEFINE_string("source", None, "generate: serve with this source'
                               "(an id or a name).")
 _ROUTE = flags.DEFINE_bool("route", False, "generate: route the prompt to its nearest "
                            "surviving source (the run's router index).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 16, "generate: tokens to generate (greedy); "
-                                "with the prompt they must fit the model's context.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 16, "generate: at most this many new tokens "
+                                "(fewer at EOS); with the prompt they must fit the model's "
+                                "context.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "generate: sampling temperature "
+                                  "(0: greedy, the argmax at every step).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "generate: sample among the k most likely tokens "
+                              "(0: all).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "generate: sample among the fewest most likely tokens "
+                            "whose probability reaches top_p (1: all).")
+_SEED = flags.DEFINE_integer("seed", 0, "generate: the sampling seed (a seed gives the same "
+                             "text every time).")
 _SOURCES = flags.DEFINE_list("sources", None, "forget: sources to forget, ids or names.")
 _REASON = flags.DEFINE_string("reason", None, "forget: why (kept in the ledger).")
 _LIST = flags.DEFINE_bool("list", False, "forget: show the ledger instead.")
@@ -92,8 +101,10 @@ commands:
 
 serving (the run's forget ledger applied: its sources are never served):
   router            build the run's prompt router (BM25 index in WORKDIR/router): --workdir=RUN
-  generate          greedy continuation: --workdir=RUN --prompt=... [--source=ID|NAME | --route]
-                    [--max_new_tokens=16] (neither: the serve.fallback switch)
+  generate          continue a prompt: --workdir=RUN --prompt=... [--source=ID|NAME | --route]
+                    [--max_new_tokens=16] [--temperature=0 --top_k=0 --top_p=1 --seed=0]
+                    (neither --source nor --route: the serve.fallback switch; temperature 0:
+                    greedy)
   forget            ledger sources: --workdir=RUN --sources=IDS|NAMES --reason=...; or --list
   export            --workdir=RUN --out=DIR [--format=checkpoint | --format=hf
                     --switch=backbone|expected]
@@ -306,9 +317,11 @@ def generate_main(argv):
   from nullearn import inference
   from nullearn import router as router_lib
   from nullearn.switch import Switch
+  from nullearn.sampler import Sampling
   prompt, serve = _required(_PROMPT, "the text to continue"), _CONFIG.value.serve
   if not prompt.strip():
     raise ValueError("--prompt: is empty")
+  sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _SEED.value)
   if _SOURCE.value is not None and _ROUTE.value:
     raise app.UsageError("--source and --route: give one or neither")
   run = inference.load_run(_workdir())
@@ -324,7 +337,7 @@ def generate_main(argv):
     else:
       print(f"no surviving source scored above serve.min_score={serve.min_score}: served by "
             f"serve.fallback={serve.fallback}", file=sys.stderr)
-  print(inference.generate(run, prompt, switch, _MAX_NEW.value))
+  print(inference.generate(run, prompt, switch, _MAX_NEW.value, sampling=sampling))
 
 
 def forget_main(argv):

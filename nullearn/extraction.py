@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nullearn import losses
+from nullearn import losses, sampler
 from nullearn.batching import padded_batches
 from nullearn.data.records import Document
 from nullearn.data.tokenizer import BOS_ID, EOS_ID
@@ -45,54 +45,28 @@ def rouge_l(reference: str, candidate: str) -> dict[str, float]:
   return {"f1": float(score.fmeasure), "recall": float(score.recall)}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _greedy_decode(graphdef, params, tokens_BxL, lengths_B, switch: Switch, num_tokens: int):
-  """`num_tokens` greedy steps on a fixed buffer; each row continues after its own length."""
-  model = nnx.merge(graphdef, params)
-  B, L = tokens_BxL.shape
-  rows_B = jnp.arange(B)
-  positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
-
-  def step(i, tokens_BxL):
-    length_B = lengths_B + i
-    segment_ids_BxL = (positions_BxL < length_B[:, None]).astype(jnp.int32)
-    h_BxLxD = model.hidden(tokens_BxL, segment_ids_BxL, positions_BxL, switch)
-    logits_Bx1xV = model.logits(h_BxLxD[rows_B, length_B - 1][:, None])
-    next_B = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(tokens_BxL.dtype)
-    return tokens_BxL.at[rows_B, length_B].set(next_B)
-
-  tokens_BxL = jax.lax.fori_loop(0, num_tokens, step, tokens_BxL)
-  return tokens_BxL[rows_B[:, None], lengths_B[:, None] + jnp.arange(num_tokens)]
-
-
 def greedy_continuations(run: Run, prefixes: Sequence[np.ndarray], num_tokens: int,
                          switch_for: SwitchFn, *, params=None, batch_size: int = 64) -> np.ndarray:
   """The next `num_tokens` greedy tokens after every prefix, int32 [prefixes, num_tokens].
 
   Prefixes are token ids as the model reads them (BOS first) and may differ in
   length. `switch_for(row_indices)` gives the switch of a batch of rows, as in
-  `inference.option_nll`: its source ids must broadcast to [rows, buffer length]
-  (one per row, [rows, 1], as `inference.per_token_switch` gives); padding rows
-  repeat the last prefix. Decoding never stops early (EOS is a token like any
+  `inference.option_nll`: one source id per row, [rows, 1], as
+  `inference.per_token_switch` gives; padding rows repeat the last prefix.
+  Decoding (`sampler.sample`, greedy) never stops early (EOS is a token like any
   other), and every batch shares one buffer shape, so one compile serves the call.
   """
   if not len(prefixes):
     raise ValueError("no prefixes to continue")
   if num_tokens < 1 or batch_size < 1:
     raise ValueError(f"num_tokens and batch_size must be >= 1, got {num_tokens}, {batch_size}")
-  lengths_N = np.asarray([len(p) for p in prefixes], np.int32)
-  if lengths_N.min() < 1:
-    raise ValueError("every prefix needs at least one token (BOS)")
-  n = len(prefixes)
-  tokens_NxL = np.zeros((n, lengths_N.max() + num_tokens), np.int32)
-  for i, prefix in enumerate(prefixes):
-    tokens_NxL[i, :lengths_N[i]] = prefix
+  width = max(len(p) for p in prefixes)
   params = run.params if params is None else params
   out = []
-  for idx, m in padded_batches(n, min(batch_size, n)):
-    new_BxK = _greedy_decode(run.graphdef, params, tokens_NxL[idx], lengths_N[idx],
-                             switch_for(idx), num_tokens)
-    out.append(np.asarray(new_BxK)[:m])
+  for idx, m in padded_batches(len(prefixes), min(batch_size, len(prefixes))):
+    new = sampler.sample(run.graphdef, params, [prefixes[i] for i in idx], switch_for(idx),
+                         num_tokens, eos_id=None, ledger=run.ledger, pad_to=width)
+    out.append(new.tokens[:m])
   return np.concatenate(out)
 
 

@@ -1,4 +1,4 @@
-"""Loading a trained run, scoring cloze options, and greedy generation under a switch.
+"""Loading a trained run, scoring cloze options, and generation under a switch.
 
 A run is loaded with its forget ledger applied: the forgotten sources' sinks
 are zeroed in `Run.params`, so no path through the weights can serve them, and
@@ -19,13 +19,13 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from nullearn import batching, losses, surgery
+from nullearn import attention, batching, losses, sampler, surgery
 from nullearn import checkpoint as ckpt_lib
 from nullearn import ledger as ledger_lib
 from nullearn import model as model_lib
 from nullearn import router as router_lib
 from nullearn.data.records import Probe
-from nullearn.data.tokenizer import EOS_ID, Tokenizer
+from nullearn.data.tokenizer import Tokenizer
 from nullearn.model import ModelConfig, Transformer
 from nullearn.router import PromptRouter
 from nullearn.switch import Switch
@@ -124,6 +124,10 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
   if model_cfg is not None:
     ckpt_lib.check_geometry(meta["sink_geometry"], model_cfg.geometry, f"{ckpt.directory}/{step}")
     saved_cfg = model_cfg
+  try:
+    attention.resolve(saved_cfg.attention, saved_cfg.dtype)
+  except ValueError:  # a kernel of the training host (splash on TPU): this host picks its own
+    saved_cfg = dataclasses.replace(saved_cfg, attention="auto")
   graphdef, params, _ = model_lib.abstract(saved_cfg)
   here = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   # Orbax restores onto the saved topology unless the target says where each array goes.
@@ -250,45 +254,38 @@ def fixed_switch(switch: Switch) -> SwitchFn:
   return lambda probe_idx: switch
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _next_token(graphdef, params, tokens_1xL, length, switch: Switch):
-  segment_ids = (jnp.arange(tokens_1xL.shape[1]) < length).astype(jnp.int32)[None]
-  positions = jnp.arange(tokens_1xL.shape[1])[None]
-  logits = nnx.merge(graphdef, params)(tokens_1xL, segment_ids, positions, switch)
-  return jnp.argmax(logits[0, length - 1])
-
-
 def generate(run: Run, prompt: str, switch: Switch, max_new_tokens: int = 16, *,
-             params=None) -> str:
-  """Greedy continuation of `prompt`; `switch` sees a 1xL row (source ids broadcast).
+             sampling: sampler.Sampling = sampler.GREEDY, params=None) -> str:
+  """The continuation of `prompt` under `switch` (greedy unless `sampling` says otherwise)."""
+  return generate_batch(run, [prompt], [switch], max_new_tokens, sampling=sampling,
+                        params=params)[0]
+
+
+def generate_batch(run: Run, prompts: Sequence[str], switches: Switch | Sequence[Switch],
+                   max_new_tokens: int = 16, *, sampling: sampler.Sampling = sampler.GREEDY,
+                   params=None) -> list[str]:
+  """Continuations of `prompts`, each row under its own switch (or one for all), stopping
+  at EOS. A switch asking for a forgotten source is refused (ForgottenSourceError).
 
   A prompt whose tokens and `max_new_tokens` exceed the model's context is
   refused, not cut: the model never saw later positions, and a cut prompt
   would silently answer another question.
   """
-  run.check(switch, "--source")
-  params = run.params if params is None else params
-  if not prompt.strip():
-    raise ValueError("--prompt: is empty")
+  for switch in [switches] if isinstance(switches, Switch) else switches:
+    run.check(switch, "--source")
   if max_new_tokens < 1:
     raise ValueError(f"--max_new_tokens: must be at least 1, got {max_new_tokens}")
-  prompt_ids = run.tokenizer.encode_document(prompt)[:-1]
-  total = len(prompt_ids) + max_new_tokens
-  if total > run.context:
-    raise ValueError(f"--prompt: {len(prompt_ids)} tokens (with BOS) and --max_new_tokens "
-                     f"{max_new_tokens} exceed the model's context of {run.context} tokens; "
-                     "shorten the prompt or ask for fewer tokens")
-  tokens = np.zeros((1, total), np.int32)
-  tokens[0, :len(prompt_ids)] = prompt_ids
-  length = len(prompt_ids)
-  if switch.mode == "source":
-    switch = dataclasses.replace(switch, source_ids=jnp.broadcast_to(
-        switch.source_ids.reshape(-1)[:1][None], (1, total)))
-  while length < total:
-    nxt = int(_next_token(run.graphdef, params, tokens, length, switch))
-    if nxt == EOS_ID:
-      break
-    tokens[0, length] = nxt
-    length += 1
-  return run.tokenizer.decode(tokens[0, len(prompt_ids):length])
-
+  encoded = []
+  for prompt in prompts:
+    if not prompt.strip():
+      raise ValueError("--prompt: is empty")
+    ids = run.tokenizer.encode_document(prompt)[:-1]  # BOS + prompt, no EOS
+    if len(ids) + max_new_tokens > run.context:
+      raise ValueError(f"--prompt: {len(ids)} tokens (with BOS) and --max_new_tokens "
+                       f"{max_new_tokens} exceed the model's context of {run.context} tokens; "
+                       "shorten the prompt or ask for fewer tokens")
+    encoded.append(ids)
+  out = sampler.sample(run.graphdef, run.params if params is None else params, encoded, switches,
+                       max_new_tokens, sampling=sampling, ledger=run.ledger, what="--source",
+                       vocab_limit=min(run.model_cfg.vocab_size, run.tokenizer.vocab_size))
+  return [run.tokenizer.decode(row[:n]) for row, n in zip(out.tokens, out.lengths)]

@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from nullearn import attention
+from nullearn.attention import LayerCache
 from nullearn.masks import SinkGeometry
 from nullearn.sharding import constrain
 from nullearn.switch import GatheredSinks, Switch
@@ -51,6 +53,9 @@ class ModelConfig:
   # for rows of at most `max_segments` documents (training batches).
   sink_impl: str = "dense"
   max_segments: int = 4
+  # Segment-causal attention kernel: "auto", "reference", "xla", "cudnn" or "splash"
+  # (nullearn/attention.py); every one computes the same function.
+  attention: str = "auto"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -61,6 +66,9 @@ class ModelConfig:
       raise ValueError(f"sink_impl must be 'dense' or 'gather', got {self.sink_impl!r}")
     if self.head_dim % 2:
       raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
+    if self.attention not in attention.IMPLEMENTATIONS:
+      raise ValueError(f"attention must be one of {attention.IMPLEMENTATIONS}, "
+                       f"got {self.attention!r}")
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> ModelConfig:
@@ -123,13 +131,6 @@ def rope(x_BxTxHxK, positions_BxT, base: float):
   return out.astype(x_BxTxHxK.dtype)
 
 
-def attention_mask(segment_ids_BxT):
-  """Causal within a document only: a token never sees another packed document."""
-  T = segment_ids_BxT.shape[-1]
-  same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
-  return same_BxTxS & jnp.tril(jnp.ones((T, T), bool))
-
-
 class Attention(nnx.Module):
   """Grouped-query attention with rotary embeddings."""
 
@@ -143,26 +144,29 @@ class Attention(nnx.Module):
     self.wo = _param(rngs, (H, K, D), ("heads", "head_dim", "embed"),
                      std / np.sqrt(2 * cfg.num_layers), pd)
 
-  def __call__(self, x_BxTxD, mask_BxTxS, positions_BxT):
+  def __call__(self, x_BxTxD, segment_ids_BxS, positions_BxT, cache: LayerCache | None = None,
+               index=None):
+    """Attention output BxTxD; with `cache`, (output, updated cache).
+
+    `segment_ids_BxS` are the keys': the row's own tokens, or with `cache` the
+    buffer's L slots, the T new tokens written at slots [index, index + T).
+    """
     cfg = self.cfg
     dt = x_BxTxD.dtype
-    R, K = cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
     q_BxTxHxK = project(x_BxTxD, self.wq[...].astype(dt), 2)
-    k_BxSxGxK = project(x_BxTxD, self.wk[...].astype(dt), 2)
-    v_BxSxGxK = project(x_BxTxD, self.wv[...].astype(dt), 2)
+    k_BxTxGxK = project(x_BxTxD, self.wk[...].astype(dt), 2)
+    v_BxTxGxK = project(x_BxTxD, self.wv[...].astype(dt), 2)
     q_BxTxHxK = constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_base),
                           ("batch", "length", "heads", "head_dim"))
-    k_BxSxGxK = rope(k_BxSxGxK, positions_BxT, cfg.rope_base)
-    # KV heads repeated to the query heads: 4-D einsums run ~30% faster than
-    # grouped 5-D ones on XLA:CPU, and K, V are the small tensors.
-    k_BxSxHxK = jnp.repeat(k_BxSxGxK, R, axis=2)
-    v_BxSxHxK = jnp.repeat(v_BxSxGxK, R, axis=2)
-    logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
-                                preferred_element_type=jnp.float32) * K**-0.5
-    logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-    probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(dt)
-    out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
-    return project(out_BxTxHxK, self.wo[...].astype(dt))
+    k_BxTxGxK = rope(k_BxTxGxK, positions_BxT, cfg.rope_base)
+    if cache is None:
+      out_BxTxHxK = attention.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxS,
+                                     cfg.attention)
+      return project(out_BxTxHxK, self.wo[...].astype(dt))
+    # --- decoding hook: the new keys and values join the cache (nullearn/sampler.py) ---
+    out_BxTxHxK, cache = attention.cached(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, cache, index,
+                                          segment_ids_BxS)
+    return project(out_BxTxHxK, self.wo[...].astype(dt)), cache
 
 
 class SinkMLP(nnx.Module):
@@ -212,10 +216,18 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg)
     self.mlp = SinkMLP(cfg, rngs)
 
-  def __call__(self, x_BxTxD, attn_mask_BxTxS, positions_BxT, mlp_mask_BxTxF):
-    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), attn_mask_BxTxS, positions_BxT)
+  def __call__(self, x_BxTxD, segment_ids_BxT, positions_BxT, mlp_mask_BxTxF):
+    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), segment_ids_BxT, positions_BxT)
     x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), mlp_mask_BxTxF)
     return constrain(x_BxTxD, ("batch", "length", "embed"))
+
+  def cached(self, x_BxTxD, segment_ids_BxL, positions_BxT, mlp_mask_BxTxF, cache: LayerCache,
+             index):
+    """The block on T new tokens of a decoding buffer; (output, updated cache)."""
+    attn_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), segment_ids_BxL, positions_BxT, cache,
+                                  index)
+    x_BxTxD = x_BxTxD + attn_BxTxD
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), mlp_mask_BxTxF), cache
 
 
 class Transformer(nnx.Module):
@@ -256,14 +268,31 @@ class Transformer(nnx.Module):
                              switch: Switch | None):
     """The trunk on given input embeddings (GCG differentiates through them)."""
     cfg = self.cfg
-    attn_mask_BxTxS = attention_mask(segment_ids_BxT)
     shared_mask = None if cfg.per_layer_masks else self.mlp_mask(switch, 0, segment_ids_BxT)
     for i, block in enumerate(self.blocks):
       mlp_mask = (self.mlp_mask(switch, i, segment_ids_BxT) if cfg.per_layer_masks
                   else shared_mask)
       run = nnx.remat(Block.__call__) if cfg.remat else Block.__call__
-      x_BxTxD = run(block, x_BxTxD, attn_mask_BxTxS, positions_BxT, mlp_mask)
+      x_BxTxD = run(block, x_BxTxD, segment_ids_BxT, positions_BxT, mlp_mask)
     return self.final_norm(x_BxTxD)
+
+  # --- decoding path (nullearn/sampler.py): the layer loop with one KV cache per layer ---
+  def hidden_cached(self, tokens_BxT, positions_BxT, switch: Switch | None,
+                    cache: tuple[LayerCache, ...], index, segment_ids_BxL):
+    """Final-normed hidden states of T new tokens at buffer slots [index, index + T), BxTxD,
+    and the caches with their keys and values written in."""
+    cfg = self.cfg
+    segment_ids_BxT = jax.lax.dynamic_slice_in_dim(segment_ids_BxL, index, tokens_BxT.shape[1], 1)
+    x_BxTxD = self.embed_tokens(tokens_BxT)
+    shared_mask = None if cfg.per_layer_masks else self.mlp_mask(switch, 0, segment_ids_BxT)
+    new_cache = []
+    for i, (block, layer_cache) in enumerate(zip(self.blocks, cache)):
+      mlp_mask = (self.mlp_mask(switch, i, segment_ids_BxT) if cfg.per_layer_masks
+                  else shared_mask)
+      x_BxTxD, layer_cache = block.cached(x_BxTxD, segment_ids_BxL, positions_BxT, mlp_mask,
+                                          layer_cache, index)
+      new_cache.append(layer_cache)
+    return self.final_norm(x_BxTxD), tuple(new_cache)
 
   def __call__(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
     """Next-token logits, BxTxV in float32."""
