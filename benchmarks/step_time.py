@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from nullearn import attention, flops, sharding, train  # noqa: E402
 from nullearn.configs import mid, tiny  # noqa: E402
 from nullearn.model import make_plain  # noqa: E402
+from batches import synthetic_batch  # noqa: E402
 
 
 def shape_config(name: str):
@@ -82,23 +83,6 @@ def runs_here(c) -> bool:
   except ValueError:
     return False
   return True
-
-
-def synthetic_batch(c, rng: np.random.Generator):
-  """Packed rows of `max_segments` documents with random sources, as training sees."""
-  B, T, S = c.data.batch_size, c.data.seq_len, c.model.max_segments
-  seg = np.zeros((B, T), np.int32)
-  pos = np.zeros((B, T), np.int32)
-  src = np.zeros((B, T), np.uint32)
-  for b in range(B):
-    cuts = np.sort(rng.choice(np.arange(1, T), S - 1, replace=False))
-    for s, (lo, hi) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, T]), 1):
-      seg[b, lo:hi], pos[b, lo:hi] = s, np.arange(hi - lo)
-      src[b, lo:hi] = rng.integers(0, 2**32, dtype=np.uint32)
-  tokens = rng.integers(4, c.model.vocab_size, (B, T + 1)).astype(np.int32)
-  weights = np.ones((B, T), np.float32)
-  return dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], weights=weights, segment_ids=seg,
-              positions=pos, source_ids=src)
 
 
 def bench_shape(name: str, steps: int, mesh) -> list[dict]:

@@ -17,7 +17,7 @@ def get_config(arg: str | None = None):
   c.model.update(dict(
       vocab_size=49152, d_model=960, num_layers=32, num_heads=15, num_kv_heads=5, head_dim=128,
       backbone=500, pool=7692, active=100, rope_base=100_000.0, tie_embeddings=False,
-      dtype="bfloat16", param_dtype="float32", remat=True))
+      dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True))
   c.data.update(dict(corpus="tfds:wikimedia_wikipedia/20231101.en", seq_len=1024, batch_size=256,
                      packing_bins=256, worker_count=8))
   c.train.update(dict(steps=122_000, lr=5e-4, end_lr_ratio=0.1, warmup_steps=2000,

@@ -23,7 +23,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vocab_size=1024, d_model=96, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=24,
       backbone=32, pool=1024, active=32, mask_seed=0, per_layer_masks=False,
       rope_base=10_000.0, norm_eps=1e-5, tie_embeddings=True, dtype="float32",
-      param_dtype="float32", init_std=0.02, remat=False, sink_impl="dense", max_segments=4,
+      param_dtype="float32", init_std=0.02, sink_impl="dense", max_segments=4,
+      # What a block's backward pass recomputes: "none", "full" (keep only its inputs),
+      # "dots_saveable", "dots_with_no_batch_dims_saveable" (keep the matmul outputs).
+      remat="none",
+      scan_layers=False,  # stacked blocks under nnx.scan: compile time flat in depth
       # Segment-causal attention kernel, all computing the same function (nullearn/attention.py):
       # "reference" (float32 TxT logits, the oracle), "xla", "cudnn" (GPU, bfloat16),
       # "splash" (TPU Pallas) or "auto" (cudnn on GPU, splash on TPU, xla on CPU).

@@ -52,6 +52,7 @@ _PROVENANCE = {
     "tokenizer": "tokenizer",
     "data": "training data (corpus, excluded and held-out sources)",
     "schedule": "training schedule",
+    "param_layout": "parameter layout (model.scan_layers)",
 }
 
 

@@ -26,7 +26,8 @@ _TOKENIZER = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", None, "Output directory (factworld).")
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "train: print the plan on the config's mesh (parameters, bytes per "
-    "device, FLOPs, expected tokens/s) without allocating the model.")
+    "device, FLOPs, expected tokens/s, forgetting budget, the compiled step's memory on faked "
+    "devices) without allocating the model; exits 2 if the step does not fit the chip.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize (on TPU VMs it finds its peers).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
@@ -153,7 +154,15 @@ def train_main(argv):
   del argv
   if _DRY_RUN.value:
     from nullearn import dryrun
-    print(dryrun.format_plan(dryrun.plan(_CONFIG.value)))
+    dryrun.fake_devices(_CONFIG.value.mesh.num_devices)  # before JAX's first device query
+    plan = dryrun.plan(_CONFIG.value)
+    print(dryrun.format_plan(plan))
+    if not plan["fits"]:
+      m = plan["memory"]
+      raise ValueError(f"data.batch_size: {m['rows_per_device']} rows per device need "
+                       f"{m['peak'] / 2**30:.2f} GiB, more than the {plan['chip_hbm_bytes'] / 2**30:.0f}"
+                       f" GiB of a {plan['chip']}; use fewer rows per device, model.remat or a "
+                       "larger mesh")
     return
   if _MULTIHOST.value:
     from nullearn import distributed

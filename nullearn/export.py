@@ -32,6 +32,7 @@ from nullearn.data.records import Probe
 from nullearn.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nullearn.inference import Run
 from nullearn.masks import SinkGeometry
+from nullearn.model import unstack_layers
 from nullearn.results import Summary
 
 SAMPLE = 100_000  # other sources sampled for the collateral report of a lazy corpus
@@ -170,7 +171,7 @@ def export_hf(run: Run, out: str | epath.PathLike, switch: str) -> epath.Path:
   f32 = lambda x: np.asarray(x, np.float32)
   t = {"model.embed_tokens.weight": f32(run.params["embed"]),
        "model.norm.weight": f32(run.params["final_norm"]["scale"])}
-  for layer, block in sorted(run.params["blocks"].items()):
+  for layer, block in sorted(unstack_layers(run.params)["blocks"].items()):
     p, a = f"model.layers.{layer}.", block["attn"]
     t[p + "self_attn.q_proj.weight"] = f32(a["wq"]).reshape(D, H * K).T
     t[p + "self_attn.k_proj.weight"] = f32(a["wk"]).reshape(D, G * K).T

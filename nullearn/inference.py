@@ -121,6 +121,7 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
   ckpt, step = ckpt_lib.require_checkpoint(workdir)
   meta = ckpt.read_meta(step)
   saved_cfg = ModelConfig.from_config(meta["config"]["model"])
+  layout = saved_cfg.scan_layers  # how the checkpoint stores the blocks
   if model_cfg is not None:
     ckpt_lib.check_geometry(meta["sink_geometry"], model_cfg.geometry, f"{ckpt.directory}/{step}")
     saved_cfg = model_cfg
@@ -128,11 +129,12 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
     attention.resolve(saved_cfg.attention, saved_cfg.dtype)
   except ValueError:  # a kernel of the training host (splash on TPU): this host picks its own
     saved_cfg = dataclasses.replace(saved_cfg, attention="auto")
-  graphdef, params, _ = model_lib.abstract(saved_cfg)
+  _, params, _ = model_lib.abstract(dataclasses.replace(saved_cfg, scan_layers=layout))
+  graphdef = model_lib.abstract(saved_cfg)[0]
   here = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   # Orbax restores onto the saved topology unless the target says where each array goes.
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), params)
-  state = ckpt.restore_params(step, target)
+  state = model_lib.to_layout(ckpt.restore_params(step, target), saved_cfg.scan_layers)
   tokenizer = Tokenizer.load(workdir / "tokenizer.model")
   if tokenizer.fingerprint != meta.get("tokenizer"):
     raise ckpt_lib.CheckpointMismatchError(

@@ -14,6 +14,7 @@ Shape suffixes (one meaning each, across the project):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,16 @@ from nullearn.attention import LayerCache
 from nullearn.masks import SinkGeometry
 from nullearn.sharding import constrain
 from nullearn.switch import GatheredSinks, Switch
+
+
+# What the backward pass keeps of a block's forward pass (jax.checkpoint policies);
+# "none" keeps everything (no rematerialisation), "full" only the block's inputs.
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +58,12 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   init_std: float = 0.02
-  remat: bool = False
+  # Rematerialisation of each block in the backward pass: a key of REMAT_POLICIES
+  # (a bool, as older configs have it, means "full" or "none").
+  remat: str = "none"
+  # One block's parameters stacked over layers and the blocks run by `nnx.scan`:
+  # compile time independent of depth. Unrolled ("blocks" a list) otherwise.
+  scan_layers: bool = False
   # "dense" multiplies the full MLP width by the mask (the reference computation);
   # "gather" computes only the backbone and each packed document's own sinks,
   # for rows of at most `max_segments` documents (training batches).
@@ -58,6 +74,10 @@ class ModelConfig:
   attention: str = "auto"
 
   def __post_init__(self):
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
@@ -237,23 +257,34 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
                         cfg.init_std, cfg.param_dtype)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    if cfg.scan_layers:
+      self.blocks = _stacked_blocks(cfg, rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_embeddings:
       self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                             cfg.init_std, cfg.param_dtype)
 
-  def mlp_mask(self, switch: Switch | None, layer: int, segment_ids_BxT):
+  def mlp_masks(self, switch: Switch | None, segment_ids_BxT) -> Callable:
+    """layer -> that layer's MLP mask. The layer may be traced (scanned blocks); whether
+    sinks are gathered is decided here, on the rows as given."""
     cfg = self.cfg
     if cfg.pool == 0:
-      return None
+      return lambda layer: None
     if switch is None:
       raise ValueError("a model with sinks needs a Switch (e.g. Switch.sources(ids))")
     dtype = jnp.dtype(cfg.dtype)
     if cfg.sink_impl == "gather" and switch.mode == "source" and _gatherable(
         segment_ids_BxT, cfg.max_segments):
-      return switch.gathered(cfg.geometry, segment_ids_BxT, cfg.max_segments, dtype, layer)
-    return switch.mlp_mask(cfg.geometry, dtype, layer)
+      mask = lambda layer: switch.gathered(cfg.geometry, segment_ids_BxT, cfg.max_segments,
+                                           dtype, layer)
+    else:
+      mask = lambda layer: switch.mlp_mask(cfg.geometry, dtype, layer)
+    if cfg.per_layer_masks:
+      return mask
+    shared = mask(0)
+    return lambda layer: shared
 
   def embed_tokens(self, tokens_BxT):
     x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.cfg.dtype)
@@ -268,31 +299,49 @@ class Transformer(nnx.Module):
                              switch: Switch | None):
     """The trunk on given input embeddings (GCG differentiates through them)."""
     cfg = self.cfg
-    shared_mask = None if cfg.per_layer_masks else self.mlp_mask(switch, 0, segment_ids_BxT)
-    for i, block in enumerate(self.blocks):
-      mlp_mask = (self.mlp_mask(switch, i, segment_ids_BxT) if cfg.per_layer_masks
-                  else shared_mask)
-      run = nnx.remat(Block.__call__) if cfg.remat else Block.__call__
-      x_BxTxD = run(block, x_BxTxD, segment_ids_BxT, positions_BxT, mlp_mask)
+    masks = self.mlp_masks(switch, segment_ids_BxT)
+
+    # A per-layer mask is derived inside the rematerialised layer: recomputed in the
+    # backward pass rather than kept, B x T x F per layer, for it.
+    def layer_fn(block: Block, x_BxTxD, layer):
+      return block(x_BxTxD, segment_ids_BxT, positions_BxT, masks(layer))
+
+    if cfg.remat != "none":
+      layer_fn = nnx.remat(layer_fn, policy=REMAT_POLICIES[cfg.remat])
+    if cfg.scan_layers:
+      scan = nnx.scan(layer_fn, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
+      x_BxTxD = scan(self.blocks, x_BxTxD, jnp.arange(cfg.num_layers, dtype=jnp.uint32))
+    else:
+      for i, block in enumerate(self.blocks):
+        x_BxTxD = layer_fn(block, x_BxTxD, jnp.uint32(i))
     return self.final_norm(x_BxTxD)
 
   # --- decoding path (nullearn/sampler.py): the layer loop with one KV cache per layer ---
-  def hidden_cached(self, tokens_BxT, positions_BxT, switch: Switch | None,
-                    cache: tuple[LayerCache, ...], index, segment_ids_BxL):
+  def hidden_cached(self, tokens_BxT, positions_BxT, switch: Switch | None, cache, index,
+                    segment_ids_BxL):
     """Final-normed hidden states of T new tokens at buffer slots [index, index + T), BxTxD,
-    and the caches with their keys and values written in."""
+    and the caches with their keys and values written in (`sampler.init_cache`: one
+    LayerCache per layer, or one stacked on a leading layer axis for scanned blocks)."""
     cfg = self.cfg
     segment_ids_BxT = jax.lax.dynamic_slice_in_dim(segment_ids_BxL, index, tokens_BxT.shape[1], 1)
+    masks = self.mlp_masks(switch, segment_ids_BxT)
+
+    def layer_fn(block: Block, x_BxTxD, layer_cache: LayerCache, layer):
+      return block.cached(x_BxTxD, segment_ids_BxL, positions_BxT, masks(layer), layer_cache,
+                          index)
+
     x_BxTxD = self.embed_tokens(tokens_BxT)
-    shared_mask = None if cfg.per_layer_masks else self.mlp_mask(switch, 0, segment_ids_BxT)
-    new_cache = []
-    for i, (block, layer_cache) in enumerate(zip(self.blocks, cache)):
-      mlp_mask = (self.mlp_mask(switch, i, segment_ids_BxT) if cfg.per_layer_masks
-                  else shared_mask)
-      x_BxTxD, layer_cache = block.cached(x_BxTxD, segment_ids_BxL, positions_BxT, mlp_mask,
-                                          layer_cache, index)
-      new_cache.append(layer_cache)
-    return self.final_norm(x_BxTxD), tuple(new_cache)
+    if cfg.scan_layers:
+      scan = nnx.scan(layer_fn, in_axes=(0, nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+      x_BxTxD, cache = scan(self.blocks, x_BxTxD, cache,
+                            jnp.arange(cfg.num_layers, dtype=jnp.uint32))
+    else:
+      new_cache = []
+      for i, (block, layer_cache) in enumerate(zip(self.blocks, cache)):
+        x_BxTxD, layer_cache = layer_fn(block, x_BxTxD, layer_cache, jnp.uint32(i))
+        new_cache.append(layer_cache)
+      cache = tuple(new_cache)
+    return self.final_norm(x_BxTxD), cache
 
   def __call__(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
     """Next-token logits, BxTxV in float32."""
@@ -319,6 +368,46 @@ def _gatherable(segment_ids_BxT, max_segments: int) -> bool:
     return True
   seg_BxT = np.asarray(segment_ids_BxT)
   return bool(seg_BxT.max() <= max_segments and np.all(seg_BxT.max(axis=-1) > 0))
+
+
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """One Block whose parameters have a leading layer axis (logical name "layers")."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(rngs: nnx.Rngs) -> Block:
+    return Block(cfg, rngs)
+
+  return make(rngs)
+
+
+def is_stacked(params) -> bool:
+  """Whether pure params hold the scanned layout (one stacked block, not one per layer)."""
+  return "attn" in params["blocks"]
+
+
+def unstack_layers(params) -> dict:
+  """Pure params with `blocks` as {layer: block} whichever layout they hold (slices of the
+  stacked arrays, for code that walks the layers: surgery, export)."""
+  blocks = params["blocks"]
+  if not is_stacked(params):
+    return params
+  num_layers = jax.tree.leaves(blocks)[0].shape[0]
+  return dict(params, blocks={i: jax.tree.map(lambda x, i=i: x[i], blocks)
+                              for i in range(num_layers)})
+
+
+def stack_layers(params) -> dict:
+  """The inverse of `unstack_layers`: per-layer blocks stacked on a leading axis."""
+  if is_stacked(params):
+    return params
+  blocks = [params["blocks"][i] for i in sorted(params["blocks"])]
+  return dict(params, blocks=jax.tree.map(lambda *xs: jnp.stack(xs), *blocks))
+
+
+def to_layout(params, scan_layers: bool) -> dict:
+  """Pure params in the layout of a model with `scan_layers`."""
+  return stack_layers(params) if scan_layers else unstack_layers(params)
 
 
 def make_plain(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -60,8 +60,12 @@ class Samples:
   lengths: np.ndarray  # int32 [rows]: new tokens before EOS (N if none came)
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int) -> tuple[LayerCache, ...]:
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> tuple[LayerCache, ...] | LayerCache:
+  """One empty LayerCache per layer; scanned blocks take one stacked on a leading layer axis."""
   shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  if cfg.scan_layers:
+    shape = (cfg.num_layers, *shape)
+    return LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
   return tuple(LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
                for _ in range(cfg.num_layers))
 
@@ -129,15 +133,17 @@ def _decode(graphdef, params, tokens_BxP, segment_ids_BxP, switch: Switch, key, 
 
   zeros_B = jnp.zeros((B,), jnp.int32)
   state = (jnp.int32(1), *emit(0, model.logits(h_BxPxD[:, -1:]), zeros_B > 0,
-                    jnp.zeros((B, N), jnp.int32), zeros_B), cache)
+                    jnp.zeros((B, N), jnp.int32), zeros_B), cache, params)
 
   def step(state):
-    i, last_B, done_B, out_BxN, n_B, cache = state
+    i, last_B, done_B, out_BxN, n_B, cache, params = state
+    # The weights ride in the loop state: scanned blocks must be merged from the loop's trace.
+    model = nnx.merge(graphdef, params)
     h_Bx1xD, cache = model.hidden_cached(last_B[:, None], (lengths_B + i - 1)[:, None], switch,
                                          cache, P + i - 1, segment_ids_BxL)
-    return (i + 1, *emit(i, model.logits(h_Bx1xD), done_B, out_BxN, n_B), cache)
+    return (i + 1, *emit(i, model.logits(h_Bx1xD), done_B, out_BxN, n_B), cache, params)
 
-  _, _, _, out_BxN, n_B, _ = jax.lax.while_loop(
+  _, _, _, out_BxN, n_B, _, _ = jax.lax.while_loop(
       lambda s: (s[0] < N) & ~jnp.all(s[2]), step, state)
   return out_BxN, n_B
 

@@ -21,6 +21,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # falls back to the longest prefix that does (5 KV heads on tensor=4: replicated).
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
+    ("layers", None),  # the stacked axis of scanned blocks: every device holds every layer
     ("length", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),

@@ -16,14 +16,17 @@ from collections.abc import Iterator
 import numpy as np
 
 from nullearn.masks import SinkGeometry
+from nullearn.model import is_stacked, stack_layers, unstack_layers
 
 CHUNK = 65_536  # ids whose sinks are derived at once
 
 
 def mlp_layers(params) -> Iterator[tuple[int, dict]]:
-  """(layer index, its MLP's {'w_gate' DxF, 'w_up' DxF, 'w_down' FxD}) for every layer."""
-  for layer in sorted(params["blocks"]):
-    yield layer, params["blocks"][layer]["mlp"]
+  """(layer index, its MLP's {'w_gate' DxF, 'w_up' DxF, 'w_down' FxD}) for every layer,
+  from unrolled or stacked (scanned) blocks."""
+  blocks = unstack_layers(params)["blocks"]
+  for layer in sorted(blocks):
+    yield layer, blocks[layer]["mlp"]
 
 
 def removed_sinks(geometry: SinkGeometry, ids, layer: int) -> np.ndarray:
@@ -38,8 +41,9 @@ def removed_sinks(geometry: SinkGeometry, ids, layer: int) -> np.ndarray:
 
 def remove_sinks(params, geometry: SinkGeometry, ids) -> dict:
   """A copy of `params` with the sinks of `ids` zeroed in every layer (each layer its own sinks
-  when masks are per layer); the other parameters are shared, not copied."""
-  out = dict(params, blocks=dict(params["blocks"]))
+  when masks are per layer), in the layout `params` hold; the other parameters are shared."""
+  unstacked = unstack_layers(params)
+  out = dict(unstacked, blocks=dict(unstacked["blocks"]))
   for layer, mlp in mlp_layers(params):
     cols = geometry.backbone + removed_sinks(geometry, ids, layer)
     block = dict(out["blocks"][layer])
@@ -47,7 +51,7 @@ def remove_sinks(params, geometry: SinkGeometry, ids) -> dict:
                     "w_up": mlp["w_up"].at[:, cols].set(0),
                     "w_down": mlp["w_down"].at[cols, :].set(0)}
     out["blocks"][layer] = block
-  return out
+  return stack_layers(out) if is_stacked(params) else out
 
 
 def fold_switch(mlp: dict, geometry: SinkGeometry, switch: str) -> dict:

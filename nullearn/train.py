@@ -177,7 +177,8 @@ def resolve_steps(config: ml_collections.ConfigDict, data: TrainingSet,
   return max(1, math.ceil(pipeline.count_batches(one_epoch) * config.train.epochs))
 
 
-# Model fields that change the parameters or what they compute (not how: remat, sink_impl).
+# Model fields that change the parameters or what they compute (not how: remat, sink_impl,
+# scan_layers; the last changes how they are stored, `param_layout`).
 _ARCHITECTURE = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                  "rope_base", "norm_eps", "tie_embeddings", "param_dtype")
 # Train fields that a resumed run must keep, or its schedule would change under it.
@@ -196,6 +197,7 @@ def run_metadata(config, setup: Setup, tokenizer: Tokenizer, data: TrainingSet) 
           "schedule": {"steps": setup.steps, "batch_size": config.data.batch_size,
                        "seq_len": config.data.seq_len, "shuffle_seed": config.data.shuffle_seed,
                        "seed": config.seed, **{k: config.train[k] for k in _SCHEDULE}},
+          "param_layout": "stacked" if setup.model_cfg.scan_layers else "per_layer",
           "steps": setup.steps}
 
 
@@ -244,6 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
   writer = writer or MetricWriter(workdir)
   writer.text(f"training on {len(data.documents):,} documents ({len(data.excluded)} sources "
               f"excluded, {len(data.heldout)} held out), {steps:,} steps")
+  writer.text(flops_note(setup.model_cfg, config.data.seq_len))
   for note in notes:
     writer.text(note)
   if jax.process_index() == 0:
@@ -277,11 +280,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
   return TrainResult(setup, state, meter.history, preempted)
 
 
+def flops_note(model_cfg: ModelConfig, seq_len: int) -> str:
+  executed = flops.train_flops_per_token(model_cfg, seq_len)
+  dense = flops.dense_train_flops_per_token(model_cfg, seq_len)
+  return (f"train FLOPs per token: {executed:.4g} executed ({model_cfg.sink_impl}, "
+          f"{flops.mlp_columns(model_cfg):,} MLP columns a token; MFU counts these), "
+          f"{dense:.4g} dense-equivalent")
+
+
 class _Meter:
   """Reads each step's metrics one step late, so the host never makes the device wait.
 
   Logs means over `train.log_every` steps: loss, tokens/s (global and per device),
-  step time, learning rate and, on chips with a known peak, MFU.
+  step time, learning rate and, on chips with a known peak, MFU of the executed FLOPs.
   """
 
   def __init__(self, config, setup: Setup, writer: MetricWriter, bar):

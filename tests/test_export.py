@@ -1,5 +1,6 @@
 """The ledger applied at load, the hard delete on disk, and the transformers Llama export."""
 
+import dataclasses
 import json
 
 import jax
@@ -94,6 +95,21 @@ def test_the_export_holds_no_forgotten_sink(workdir, world, tmp_path):
     export.export_checkpoint(inference.load_run(workdir), out)
 
 
+def test_a_run_loads_into_scanned_layers_with_its_ledger_applied(workdir, world):
+  """A per-layer checkpoint served by a scanned model: stacked weights, the same sinks gone."""
+  run = inference.load_run(workdir)
+  scanned = inference.load_run(workdir, dataclasses.replace(run.model_cfg, scan_layers=True))
+  assert scanned.params["blocks"]["mlp"]["w_up"].shape[0] == 2
+  for (layer, mlp), (_, want) in zip(surgery.mlp_layers(scanned.params),
+                                     surgery.mlp_layers(run.params), strict=True):
+    np.testing.assert_array_equal(mlp["w_down"], want["w_down"])
+  tokens = run.tokenizer.encode_document(world.documents[7].text)[None, :24]
+  ids = np.asarray([s for s in range(40) if s not in FORGET])[:, None]
+  rows = np.repeat(tokens, len(ids), axis=0)
+  np.testing.assert_allclose(logits(scanned, Switch.sources(ids), rows),
+                             logits(run, Switch.sources(ids), rows), rtol=1e-5, atol=1e-5)
+
+
 def test_collateral_is_exact(workdir):
   run = inference.load_run(workdir)
   g = run.model_cfg.geometry
@@ -129,12 +145,14 @@ def random_run(tokenizer, **model):
   return inference.Run(cfg, graphdef, params, tokenizer, {"config": {"data": {"seq_len": 64}}})
 
 
-@pytest.mark.parametrize("switch", ["backbone", "expected"])
-def test_hf_llama_export_gives_our_logits(tokenizer, world, tmp_path, switch):
+@pytest.mark.parametrize("switch,scan_layers", [("backbone", False), ("expected", False),
+                                                ("expected", True)])
+def test_hf_llama_export_gives_our_logits(tokenizer, world, tmp_path, switch, scan_layers):
   """transformers loads the export (Flax backend, no torch) and computes our logits."""
   from transformers import AutoTokenizer, FlaxLlamaForCausalLM, LlamaTokenizer
   gone = ledger.Ledger((ledger.Entry(5, "five", "test", "now", "me"),))
-  run = inference.with_ledger(random_run(tokenizer, tie_embeddings=switch == "backbone"), gone)
+  run = inference.with_ledger(random_run(tokenizer, tie_embeddings=switch == "backbone",
+                                         scan_layers=scan_layers), gone)
   out = export.export_hf(run, tmp_path / "hf", switch)
   text = world.documents[2].text[:160]
   ids = tokenizer.encode_document(text)[:-1][None]

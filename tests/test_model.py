@@ -8,7 +8,8 @@ from flax import nnx
 
 from nullearn.configs import base
 from nullearn.masks import SinkGeometry
-from nullearn.model import ModelConfig, SinkMLP, Transformer, param_count
+from nullearn.model import (ModelConfig, SinkMLP, Transformer, param_count, stack_layers,
+                            unstack_layers)
 from nullearn.switch import Switch
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -259,3 +260,36 @@ def test_bfloat16_and_remat_compute_the_same_model():
     grads[remat] = jax.grad(loss)(p)
   for x, y in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["dense", "gather"])
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_scanned_layers_compute_the_unrolled_model(impl, per_layer):
+  """From the same weights, scanned and unrolled blocks give equal logits and gradients."""
+  cfg = dataclasses.replace(CFG, num_layers=3, sink_impl=impl, per_layer_masks=per_layer)
+  tokens, seg, pos, src = packed_row()
+  switch = Switch.sources(src)
+  g_unrolled, p_unrolled = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+  scanned_cfg = dataclasses.replace(cfg, scan_layers=True, remat="dots_saveable")
+  g_scanned = nnx.graphdef(Transformer(scanned_cfg, nnx.Rngs(1)))
+  pure = nnx.to_pure_dict(p_unrolled)
+  stacked = stack_layers(pure)
+  assert stacked["blocks"]["mlp"]["w_gate"].shape == (3, 32, 72)
+
+  def logits_and_grads(graphdef, params):
+    def loss(params):
+      model = nnx.merge(graphdef, params)
+      return jnp.sum(model(tokens, seg, pos, switch) ** 2), model(tokens, seg, pos, switch)
+    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return logits, grads
+
+  logits_u, grads_u = logits_and_grads(g_unrolled, pure)
+  logits_s, grads_s = logits_and_grads(g_scanned, stacked)
+  np.testing.assert_allclose(logits_s, logits_u, rtol=1e-5, atol=1e-6)
+  grads_s = unstack_layers(grads_s)
+  for (path, x), y in zip(jax.tree.leaves_with_path(grads_u), jax.tree.leaves(grads_s)):
+    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6, err_msg=str(path))
+  # The sinks that get gradients: the same in every layer, unless each layer has its own.
+  on = [np.abs(grads_s["blocks"][i]["mlp"]["w_down"][cfg.backbone:]).sum(-1) > 0
+        for i in range(3)]
+  assert np.array_equal(on[0], on[1]) != per_layer

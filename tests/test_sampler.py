@@ -52,7 +52,8 @@ def uncached(graphdef, params, prompt, switch, n, eos_id=None):
 
 @pytest.mark.parametrize("overrides", [
     dict(), dict(per_layer_masks=True, sink_impl="gather", num_kv_heads=1),
-    dict(per_layer_masks=True, num_kv_heads=4), dict(pool=0, backbone=72)])
+    dict(per_layer_masks=True, num_kv_heads=4), dict(pool=0, backbone=72),
+    dict(scan_layers=True, per_layer_masks=True)])
 def test_cached_greedy_equals_recomputing_every_token(overrides):
   graphdef, params = model_for(**overrides)
   got = sampler.sample(graphdef, params, PROMPTS, SWITCHES, 12, eos_id=None)
