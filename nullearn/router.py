@@ -120,11 +120,21 @@ class PromptRouter:
   @classmethod
   def build(cls, entries: Iterable[tuple[int, str]], directory: str | os.PathLike,
             chunk: int = _CHUNK) -> PromptRouter:
-    """Indexes (source id, text) pairs, one per source, into the local `directory`.
+    """Indexes (source id, text) pairs, one per source, into `directory`.
 
     Written beside it first and swapped in whole, so a failed build leaves the
-    previous index as it was.
+    previous index as it was. A gs:// index is built in a local temporary
+    directory and uploaded, `sources.npy` last: it marks a whole index.
     """
+    remote = epath.Path(directory)
+    if str(remote).startswith(("gs://", "s3://")):
+      with tempfile.TemporaryDirectory() as tmp:
+        cls.build(entries, pathlib.Path(tmp) / remote.name, chunk)
+        remote.mkdir(parents=True, exist_ok=True)
+        (remote / "sources.npy").unlink(missing_ok=True)
+        for name in (*_INDEX_FILES, "sources.npy"):
+          epath.Path(tmp, remote.name, name).copy(remote / name, overwrite=True)
+      return cls.load(remote)
     directory = pathlib.Path(directory)
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
