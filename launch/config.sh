@@ -28,6 +28,8 @@ if [[ -n "$GCS_BUCKET" ]]; then
   : "${WORKDIR:=$RUN_GCS}"
 fi
 : "${DATA_DIR:=}"               # TFDS_DATA_DIR on the workers
+: "${LOCAL_DATA:=0}"            # 1: each worker copies DATA_DIR to its own disk and reads it there
+: "${LOCAL_DATA_DIR:=}"         # where LOCAL_DATA=1 copies it (empty: REMOTE_DIR/tensorflow_datasets)
 : "${WORKDIR:=}"                # checkpoints, metrics and TensorBoard files
 : "${STOP_TIMEOUT:=900}"        # seconds stop.sh waits for the final checkpoint
 : "${LOG_SYNC_SECONDS:=60}"     # how often each worker copies its log to GCS
@@ -85,3 +87,5 @@ on_workers() {
 }
 
 [[ "$DRY_RUN" == 0 || "$DRY_RUN" == 1 ]] || die "DRY_RUN must be 0 or 1, not '$DRY_RUN'"
+[[ "$LOCAL_DATA" == 0 || "$LOCAL_DATA" == 1 ]] \
+  || die "LOCAL_DATA must be 0 or 1, not '$LOCAL_DATA'"

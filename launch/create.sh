@@ -37,8 +37,8 @@ done
   echo "#!/usr/bin/env bash"
   echo "# Startup script of nullearn run $RUN_NAME, written by launch/create.sh."
   echo "# shellcheck disable=SC2016  # the settings and flags are literal words"
-  for name in RUN_GCS WORKDIR DATA_DIR CONFIG REPO_URL REPO_REF PYTHON_VERSION REMOTE_DIR \
-    LOG_SYNC_SECONDS; do
+  for name in RUN_GCS WORKDIR DATA_DIR LOCAL_DATA LOCAL_DATA_DIR CONFIG REPO_URL REPO_REF \
+    PYTHON_VERSION REMOTE_DIR LOG_SYNC_SECONDS; do
     echo "[[ -n \"\${$name:-}\" ]] || $name=$(quote_word "${!name}")"
   done
   echo "TRAIN_FLAGS=($(shell_quote "${train_flags[@]}"))"

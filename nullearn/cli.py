@@ -234,11 +234,8 @@ def eval_main(argv):
   if problems and not _FORCE.value:
     raise evaluate.ModelMismatchError(f"{problems[0]} (--force compares anyway; the report "
                                       "then says so)")
-  docs, heldout = corpus_lib.evaluation_documents(
-      corpus, forget, null.meta.get("data", {}).get("heldout", ()),
-      retained=config.eval.retained_sources, seed=config.eval.seed)
-  result = evaluate.evaluate(models, docs, corpus.probes, forget, config.eval, heldout=heldout,
-                             forced=problems, serve=config.serve)
+  result = evaluate.evaluate_corpus(models, corpus, forget, config.eval, forced=problems,
+                                    serve=config.serve)
   for path in report.write(result, out):
     print(f"wrote {path}")
   print((epath.Path(out) / "report.md").read_text())

@@ -21,6 +21,7 @@ from nullearn import extraction, inference, routing, scores, unlearning
 from nullearn import router as router_lib
 from nullearn.configs import base
 from nullearn.data import cloze, pipeline
+from nullearn.data import corpus as corpus_lib
 from nullearn.data.records import Document, Probe
 from nullearn.inference import Run
 from nullearn.results import Cond, FactSet, Relearning, Report, Summary, claims, summarize
@@ -136,12 +137,20 @@ def validate(models: Models, forget: Sequence[int]) -> list[str]:
 def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
              forget: Sequence[int], cfg: ml_collections.ConfigDict, *,
              heldout: Sequence[Document] = (), log: Callable[[str], None] = print,
-             forced: Sequence[str] = (), serve: ml_collections.ConfigDict | None = None) -> Report:
+             forced: Sequence[str] = (), serve: ml_collections.ConfigDict | None = None,
+             index: router_lib.PromptRouter | None = None,
+             read: Callable[[Sequence[int]], list[Document]] | None = None) -> Report:
   """Runs every section `cfg` asks for and returns the report.
 
   `forced` lists the model checks (`validate`) a user chose to override; the
   report carries them. `serve` (default: the base config's) is the serving
   policy the prompt-routed condition follows (index, threshold, fallback).
+
+  `index` routes (default: one built over `docs`, which must then hold every
+  source). A lazy corpus passes the run's saved router over the whole corpus,
+  and `read(ids)`, which reads the sources it routes to that `docs` lacks: they
+  join the documents (names, retained probes), so what is read grows with the
+  forgotten sources, never with the corpus.
   """
   serve = serve or base.get_config().serve
   if len(models.null.ledger):
@@ -158,20 +167,37 @@ def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
   missing = sorted(forget_set - set(names))
   if missing:
     raise ValueError(f"--forget: sources {missing} have no documents in the corpus")
-  if not probes:
+  automatic = not probes
+  if automatic:
     log("no probes given: building cloze probes from the text")
     probes = cloze.make_probes(docs, seed=cfg.seed)
-  forgotten_probes = [p for p in probes if p.source_id in forget_set]
+  forgotten_probes = _probes_of(probes, forget_set)
   if not forgotten_probes:
     raise ValueError("--forget: no probe belongs to a forgotten source")
   inference.option_rows(models.null.tokenizer, probes, models.null.context)  # refuse bad ones now
 
   log(f"routing ({cfg.routing})")
-  index = router_lib.PromptRouter.in_memory(router_lib.source_texts(docs, serve.leading_words))
+  if index is None:
+    index = router_lib.PromptRouter.in_memory(router_lib.source_texts(docs,
+                                                                      serve.leading_words))
+  elif cfg.routing != "bm25":
+    raise ValueError(f"eval.routing={cfg.routing!r} embeds every source it may route to; over "
+                     "a whole corpus only 'bm25', the run's saved router, routes")
   router = _router(models.null, docs, index, cfg, serve)
   routed = {f: router.route(f, forget_set) for f in forget}
   prompt_routes = {p.prompt: index.route(p.prompt, forget, serve.min_score).source
                    for p in forgotten_probes}
+  neighbours = sorted({*routed.values(), *prompt_routes.values()} - {None} - set(names))
+  if neighbours:
+    if read is None:
+      raise ValueError(f"the router returned sources {neighbours[:10]} that have no documents "
+                       "here, and no corpus to read them from was given")
+    log(f"reading the {len(neighbours)} sources the forgotten ones are routed to")
+    extra = read(neighbours)
+    docs = [*docs, *extra]
+    names |= {d.source_id: d.source for d in extra}
+    if automatic:
+      probes = [*probes, *_probes_of(cloze.make_probes(docs, seed=cfg.seed), set(neighbours))]
   conds = conditions(models, routed, forget, prompt_routes, serve.fallback)
   log(f"scoring {len(forgotten_probes)} probes of {len(forget)} forgotten sources")
   ratios = {name: truth_ratios(c, forgotten_probes, desc=name) for name, c in conds.items()}
@@ -214,6 +240,24 @@ def evaluate(models: Models, docs: Sequence[Document], probes: Sequence[Probe],
   report.claims = claims(report.conditions, cfg.claims, report.relearning)
   report.seconds = time.time() - t0
   return report
+
+
+def evaluate_corpus(models: Models, corpus: corpus_lib.Corpus, forget: Sequence[int],
+                    cfg: ml_collections.ConfigDict, **kwargs) -> Report:
+  """`evaluate` on the corpus the NULL was trained on, less its held-out sources.
+
+  In memory: every document, routed by an index built over them. Lazy (all of
+  Wikipedia): the forgotten sources and a seeded sample of `cfg.retained_sources`
+  others are read, routed by the run's saved router over the whole corpus (as a
+  deployment routes), and the sources it routes them to are read too.
+  """
+  docs, heldout = corpus_lib.evaluation_documents(
+      corpus, forget, models.null.meta.get("data", {}).get("heldout", ()),
+      retained=cfg.retained_sources, seed=cfg.seed)
+  if not corpus.in_memory:
+    kwargs |= dict(index=models.null.router(),
+                   read=lambda ids: corpus_lib.documents_of(corpus, ids))
+  return evaluate(models, docs, corpus.probes, forget, cfg, heldout=heldout, **kwargs)
 
 
 def forgetting_budget(geometry, forgotten: int) -> dict:
@@ -281,6 +325,10 @@ def retained_probes(probes, forget_set, limit: int, seed: int) -> list[Probe]:
     idx = np.random.default_rng(seed).choice(len(keep), limit, replace=False)
     keep = [keep[i] for i in sorted(idx)]
   return keep
+
+
+def _probes_of(probes: Sequence[Probe], sources: set[int]) -> list[Probe]:
+  return [p for p in probes if p.source_id in sources]
 
 
 def _docs_of(docs: Sequence[Document], sources: set[int]) -> list[Document]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from etils import epath
+from matplotlib.figure import Figure
 
 from nullearn.results import KINDS, FactSet, Relearning, Report
 
@@ -139,8 +140,21 @@ def markdown(report: Report) -> str:
   return "\n".join(lines) + "\n"
 
 
+def figures(report: Report) -> dict[str, Figure]:
+  """The report's plots as figures (a notebook displays them), by file stem."""
+  out = {"truth_ratios": ratios_figure(report.ratios, report.kinds)}
+  if report.relearning:
+    out["relearning"] = relearning_figure(report.relearning)
+  return out
+
+
 def plot_ratios(ratios: dict[str, Sequence[float]], kinds: Sequence[str], path: epath.PathLike,
                 kind_order: Sequence[str] = KINDS) -> epath.Path:
+  return _save(ratios_figure(ratios, kinds, kind_order), epath.Path(path))
+
+
+def ratios_figure(ratios: dict[str, Sequence[float]], kinds: Sequence[str],
+                  kind_order: Sequence[str] = KINDS) -> Figure:
   """Box plots of log Truth Ratio per condition, one panel per fact kind present."""
   kinds = np.asarray(kinds)
   present = [k for k in kind_order if np.any(kinds == k)]
@@ -154,10 +168,16 @@ def plot_ratios(ratios: dict[str, Sequence[float]], kinds: Sequence[str], path: 
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
     ax.set_title(f"{kind} facts ({int(np.sum(kinds == kind))})")
   axes[0].set_ylabel("log Truth Ratio (> 0: prefers the answer)")
-  return _save(fig, epath.Path(path))
+  fig.tight_layout()
+  return fig
 
 
 def plot_relearning(rel: Relearning, path: epath.PathLike) -> epath.Path:
+  return _save(relearning_figure(rel), epath.Path(path))
+
+
+def relearning_figure(rel: Relearning) -> Figure:
+  """Loss and median Truth Ratio of the held-out half against fine-tuning steps."""
   fig = _figure(11, 4.2)
   a, b = fig.subplots(1, 2)
   for name, c in rel.curves.items():
@@ -170,16 +190,15 @@ def plot_relearning(rel: Relearning, path: epath.PathLike) -> epath.Path:
     ax.set_title(title)
   b.axhline(1.0, color="gray", lw=0.8, ls="--")
   a.legend(fontsize=8)
-  return _save(fig, epath.Path(path))
+  fig.tight_layout()
+  return fig
 
 
-def _figure(width: float, height: float):
-  from matplotlib.figure import Figure
+def _figure(width: float, height: float) -> Figure:
   return Figure(figsize=(width, height))
 
 
-def _save(fig, path: epath.Path) -> epath.Path:
-  fig.tight_layout()
+def _save(fig: Figure, path: epath.Path) -> epath.Path:
   with path.open("wb") as f:
     fig.savefig(f, dpi=110, format="png")
   return path

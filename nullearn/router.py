@@ -31,7 +31,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
+from etils import epath
 
+from nullearn.data import source_index
 from nullearn.data.records import Document
 from nullearn.switch import Switch
 
@@ -40,6 +42,8 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 _STOP = frozenset(STOPWORDS_EN)
 _K1, _B = 1.5, 0.75  # bm25s's defaults
 _CHUNK = 65_536  # sources tokenized and staged at once
+_INDEX_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
+                "vocab.index.json", "params.index.json")  # bm25s's, as `_build` writes them
 
 
 def words(text: str) -> list[str]:
@@ -103,23 +107,34 @@ class PromptRouter:
 
   @classmethod
   def load(cls, directory: str | os.PathLike, mmap: bool = True) -> PromptRouter:
-    """Loads an index from a local directory (memory-mapped unless `mmap` is False)."""
-    directory = pathlib.Path(directory)
-    if not (directory / "sources.npy").exists():
+    """Loads an index (memory-mapped unless `mmap` is False); a gs:// one is copied to the
+    local cache first, once."""
+    remote = epath.Path(directory)
+    if not (remote / "sources.npy").exists():
       raise FileNotFoundError(f"no router index at {directory} (build it with "
-                              "`nullearn router --workdir=RUN`; the index is memory-mapped, so "
-                              "a gs:// run needs a local copy)")
+                              "`nullearn router --workdir=RUN`)")
+    directory = source_index.local_copy(remote, ["sources.npy", *_INDEX_FILES], "router")
     bm25 = bm25s.BM25.load(str(directory), mmap=mmap, load_corpus=False)
     return cls(bm25, np.load(directory / "sources.npy", mmap_mode="r" if mmap else None))
 
   @classmethod
   def build(cls, entries: Iterable[tuple[int, str]], directory: str | os.PathLike,
             chunk: int = _CHUNK) -> PromptRouter:
-    """Indexes (source id, text) pairs, one per source, into the local `directory`.
+    """Indexes (source id, text) pairs, one per source, into `directory`.
 
     Written beside it first and swapped in whole, so a failed build leaves the
-    previous index as it was.
+    previous index as it was. A gs:// index is built in a local temporary
+    directory and uploaded, `sources.npy` last: it marks a whole index.
     """
+    remote = epath.Path(directory)
+    if str(remote).startswith(("gs://", "s3://")):
+      with tempfile.TemporaryDirectory() as tmp:
+        cls.build(entries, pathlib.Path(tmp) / remote.name, chunk)
+        remote.mkdir(parents=True, exist_ok=True)
+        (remote / "sources.npy").unlink(missing_ok=True)
+        for name in (*_INDEX_FILES, "sources.npy"):
+          epath.Path(tmp, remote.name, name).copy(remote / name, overwrite=True)
+      return cls.load(remote)
     directory = pathlib.Path(directory)
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -4,7 +4,7 @@
 
 Everything lives under $FAKE_GCLOUD_ROOT:
   calls.jsonl           every call's arguments, one JSON list a line
-  gcs/BUCKET/...        what gs://BUCKET/... holds (`gcloud storage cp/cat/ls/rm`)
+  gcs/BUCKET/...        what gs://BUCKET/... holds (`gcloud storage cp/cat/ls/rm/rsync`)
   image/                copied onto every new worker's disk, as a TPU runtime image would be
   slices/NAME.json      a queued resource: its state, create arguments and worker process groups
   slices/NAME-K/worker-I/   the disk of worker I of the K-th slice of that name
@@ -70,7 +70,7 @@ class Cloud:
     return path.read_bytes()
 
   def storage(self, verb: str, args: list[str]) -> None:
-    words, _ = flags(args)
+    words, options = flags(args)
     if verb == "cp" and len(words) == 2:
       data = sys.stdin.buffer.read() if words[0] == "-" else self.read(words[0])
       path = self.local(words[1])
@@ -86,11 +86,30 @@ class Cloud:
         fail(f"One or more URLs matched no objects: {words[0]}")
       names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
       print("\n".join([f"{words[0].rstrip('/')}/{n}" for n in names] or [words[0]]))
+    elif verb == "rsync" and len(words) == 2:
+      self.rsync(words[0], words[1], "recursive" in options)
     elif verb == "rm" and len(words) == 1:
       self.read(words[0])
       self.local(words[0]).unlink()
     else:
       fail(f"unsupported: storage {verb} {args}", 2)
+
+  def rsync(self, source_url: str, target_url: str, recursive: bool) -> None:
+    """Copies the objects under source that target lacks or holds otherwise (subfolders only
+    when recursive), printing each; target objects that source lacks stay."""
+    source, target = self.local(source_url), self.local(target_url)
+    if not source.is_dir():
+      fail(f"One or more URLs matched no objects: {source_url}")
+    for path in sorted(source.rglob("*") if recursive else source.iterdir()):
+      name = path.relative_to(source)
+      copy = target / name
+      if path.is_file() and not (copy.is_file() and copy.read_bytes() == path.read_bytes()):
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        part = copy.with_name(copy.name + ".part")
+        part.write_bytes(path.read_bytes())
+        part.replace(copy)
+        print(f"Copying {source_url.rstrip('/')}/{name} to {target_url.rstrip('/')}/{name}",
+              file=sys.stderr)
 
   # Queued resources, on root/slices.
 

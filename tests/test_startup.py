@@ -32,6 +32,7 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
 # it fail at once.
 FAKE_TRAINER = r"""#!/usr/bin/env bash
 printf 'arg: %s\n' "$@"
+echo "TFDS_DATA_DIR=${TFDS_DATA_DIR:-}"
 for arg; do
   case "$arg" in
     --workdir=*) workdir=${arg#*=} ;;
@@ -214,6 +215,48 @@ def test_keepalive_on_a_finished_run_creates_nothing(cloud):
   assert result.returncode == 0, result.stderr
   assert "test-pod: NONE" in result.stderr and "is done" in result.stderr
   assert not cloud.calls("compute", "tpus", "queued-resources", "create")
+
+
+DATASET = "wikimedia_wikipedia/20231101.en/1.0.0"
+
+
+def test_local_data_stages_the_dataset_on_every_worker_and_training_reads_it_there(cloud):
+  prepared = {"dataset_info.json": b'{"name": "wikimedia_wikipedia"}',
+              "wikimedia_wikipedia-train.array_record-00000-of-00001": os.urandom(50_000),
+              "source_index/source_ids.npy": os.urandom(2_000)}
+  for name, data in prepared.items():
+    path = cloud.api.local(f"gs://test-bucket/tensorflow_datasets/{DATASET}/{name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+  cloud.install_image(cloud.upload_source(), FAKE_TRAINER)
+  created = cloud.launch("create.sh", "--config.train.steps=3", LOCAL_DATA="1")
+  assert created.returncode == 0, created.stderr
+  wait_for(lambda: cloud.has("DONE"), 60)
+
+  rsyncs = cloud.calls("storage", "rsync")
+  assert len(rsyncs) == 2, rsyncs  # one a worker
+  for worker in (0, 1):
+    local = cloud.root / "slices" / "test-pod-1" / f"worker-{worker}" / "nullearn" / (
+        "tensorflow_datasets")
+    assert ["storage", "rsync", "--recursive", "gs://test-bucket/tensorflow_datasets",
+            str(local)] in rsyncs
+    for name, data in prepared.items():
+      assert (local / DATASET / name).read_bytes() == data
+    log = cloud.gcs(f"logs/worker-{worker}.log")
+    assert re.search(rf"^staged \S+ in {re.escape(str(local))}$", log, flags=re.M), log
+    assert log.index("staged ") < log.index("starting: ")
+    assert f"TFDS_DATA_DIR={local}\n" in log and "the run is finished" in log
+
+
+def test_local_data_without_the_dataset_fails_the_run_before_training(cloud):
+  cloud.install_image(cloud.upload_source(), FAKE_TRAINER)
+  created = cloud.launch("create.sh", "--config.train.steps=3", LOCAL_DATA="1",
+                         ACCELERATOR_TYPE="v4-8")
+  assert created.returncode == 0, created.stderr
+  wait_for(lambda: cloud.has("FAILED"), 60)
+  log = cloud.gcs("logs/worker-0.log")
+  assert "matched no objects: gs://test-bucket/tensorflow_datasets" in log
+  assert "staging the data in " in log and "starting: " not in log
 
 
 def git(*args: str) -> str:

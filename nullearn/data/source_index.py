@@ -70,7 +70,7 @@ class SourceIndex:
   def __init__(self, path: str | os.PathLike[str], source: Sequence[Document]):
     """Maps the index at `path` (a gs:// index is first copied to a local cache)."""
     self._path = path
-    local = _local_copy(epath.Path(path))
+    local = local_copy(epath.Path(path))
     try:
       arrays = [np.load(local / name, mmap_mode="r") for name in FILES]
     except FileNotFoundError as e:
@@ -153,15 +153,17 @@ def stream(source: Sequence[Document], positions: Sequence[int]) -> Iterator[Doc
     yield from read(positions[start:start + _READ_BATCH])
 
 
-def _local_copy(path: epath.Path) -> pathlib.Path:
-  """`path` itself if local; else a copy in the local cache (maps need local files), keyed by
-  the path and its time of writing, so a re-prepared dataset gets a fresh copy."""
+def local_copy(path: epath.Path, names: Sequence[str] = FILES,
+               kind: str = "source_index") -> pathlib.Path:
+  """The directory `path` itself if local; else a copy of its files `names` in the local cache
+  (maps need local files), keyed by the path and its first file's time of writing, so a
+  rewritten directory gets a fresh copy."""
   if not str(path).startswith(("gs://", "s3://")):
     return pathlib.Path(path)
-  key = f"{path}@{(path / _IDS).stat().mtime}"
-  local = _CACHE / "source_index" / hashlib.sha1(key.encode()).hexdigest()[:16]
+  key = f"{path}@{(path / names[0]).stat().mtime}"
+  local = _CACHE / kind / hashlib.sha1(key.encode()).hexdigest()[:16]
   local.mkdir(parents=True, exist_ok=True)
-  for name in FILES:
+  for name in names:
     if not (local / name).exists():
       fd, tmp = tempfile.mkstemp(dir=local)  # a whole file appears at once, or none
       os.close(fd)
