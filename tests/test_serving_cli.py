@@ -46,6 +46,10 @@ def test_generate_with_a_source_or_a_route(run_dir, world):
   assert by_id.stdout.strip()
   routed = nullearn("generate", w, f"--prompt={name} plays the", "--route", "--max_new_tokens=4")
   assert "routed to source 5 " in routed.stderr  # its own name finds it
+  sampled = [nullearn("generate", w, "--prompt=The capital of", "--source=5", "--temperature=1.5",
+                      "--top_k=40", "--top_p=0.95", f"--seed={seed}", "--max_new_tokens=12").stdout
+             for seed in (3, 3, 4)]
+  assert sampled[0] == sampled[1] != sampled[2]  # a seed gives the same text every time
 
 
 def test_bad_requests_are_one_line_errors(run_dir):
@@ -54,6 +58,8 @@ def test_bad_requests_are_one_line_errors(run_dir):
           "--prompt: is empty")
   refused(nullearn("generate", w, "--prompt=Hi", "--source=1", "--route", ok=False), "generate",
           "--source and --route")
+  refused(nullearn("generate", w, "--prompt=Hi", "--top_p=0", ok=False), "generate",
+          "--top_p: must be in (0, 1], got 0.0")
   refused(nullearn("generate", w, "--prompt=" + "the old bridge " * 40, ok=False), "generate",
           "exceed the model's context of 32 tokens")
   refused(nullearn("generate", w, "--prompt=Hi", "--source=Nobody Atall", ok=False), "generate",
