@@ -90,7 +90,8 @@ def bench(name: str, args) -> dict:
   switch = Switch.sources(rng.integers(0, 2**32, (B, 1), dtype=np.uint32))
 
   cached_s, cached_compile, got = timed(
-      lambda: sampler.sample(graphdef, params, prompts, switch, N, eos_id=None).tokens, args.repeats)
+      lambda: sampler.sample(graphdef, params, prompts, switch, N, eos_id=None).tokens,
+      args.repeats)
   buffer = np.zeros((B, lengths.max() + N), np.int32)
   for i, p in enumerate(prompts):
     buffer[i, :len(p)] = p
