@@ -7,7 +7,8 @@ which attends only to padding). Implementations (`model.attention`):
   xla        `jax.nn.dot_product_attention(implementation="xla")` with the same mask.
   cudnn      cuDNN flash attention (GPU, bfloat16/float16): causal in the kernel, the
              segment mask as a bias.
-  splash     the TPU Pallas splash kernel with segment ids: no TxS mask is materialised.
+  splash     the TPU Pallas splash kernel with segment ids: no TxS mask is materialised
+             (rows of a length not a multiple of 128 take the xla path).
   auto       cudnn on a GPU (xla for float32, which cuDNN's kernel refuses), splash on
              a TPU, xla elsewhere.
 
@@ -29,6 +30,7 @@ import numpy as np
 from nullearn.sharding import logical_to_spec
 
 IMPLEMENTATIONS = ("auto", "reference", "xla", "cudnn", "splash")
+SPLASH_BLOCK = 128  # splash tiles rows whose length is a multiple of this (TPU lanes)
 _NEEDS = {"cudnn": "gpu", "splash": "tpu"}
 
 
@@ -61,7 +63,9 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT, implementation: str
   if impl == "reference":
     return masked(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_causal_mask(segment_ids_BxT))
   if impl == "splash":
-    return _splash(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT)
+    if q_BxTxHxK.shape[1] % SPLASH_BLOCK == 0:
+      return _splash(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT)
+    impl = "xla"  # rows the kernel cannot tile (scoring, attacks): the same function
   mask_Bx1xTxS = segment_causal_mask(segment_ids_BxT)[:, None]
   return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS,
                                       is_causal=impl == "cudnn", implementation=impl)

@@ -322,8 +322,8 @@ def generate_main(argv):
   del argv
   from nullearn import inference
   from nullearn import router as router_lib
-  from nullearn.switch import Switch
   from nullearn.sampler import Sampling
+  from nullearn.switch import Switch
   prompt, serve = _required(_PROMPT, "the text to continue"), _CONFIG.value.serve
   if not prompt.strip():
     raise ValueError("--prompt: is empty")
