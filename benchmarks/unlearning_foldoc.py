@@ -117,7 +117,8 @@ def eval_config(args, sections):
   e = tiny.get_config().eval
   e.update(dict(seed=args.seed, sections=sections, unlearn_methods=("ga", "npo"),
                 unlearn_steps=30, unlearn_lr=1e-3, unlearn_batch=16, relearn_lr=1e-3,
-                relearn_batch=16, relearn_steps=(1, 2, 5, 10, 20), retain_docs=40, max_retained_probes=300,
+                relearn_batch=16, relearn_steps=(1, 2, 5, 10, 20), retain_docs=40,
+                max_retained_probes=300,
                 extraction_prefix=16, extraction_continuation=32, extraction_samples=32,
                 acr_targets=2, acr_target_len=12, gcg_steps=60, gcg_top_k=32, gcg_batch=32))
   if args.quick:
