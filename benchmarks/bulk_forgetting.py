@@ -8,7 +8,7 @@ compute is the same) and measures the retained sources' median Truth Ratio with
 their own sinks on and n sources forgotten, as a ratio to the same probes with
 nothing forgotten (one model, one probe set, per row).
 
-  python benchmarks/bulk_forgetting.py [--sources 300] [--pools 1231,4924,19696]
+  python benchmarks/bulk_forgetting.py [--sources 200] [--pools 1231,4924,19696]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def parse_args():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--runs", default="runs/bulk", help="one run per pool")
   p.add_argument("--out", default="benchmarks/results/bulk_forgetting.json")
-  p.add_argument("--sources", type=int, default=300, help="fact-world sources")
+  p.add_argument("--sources", type=int, default=200, help="fact-world sources")
   p.add_argument("--active", type=int, default=16)
   p.add_argument("--pools", default="1231,4924,19696",
                  help="pools to train; the first is the paper's p = 100/7692 at --active")
