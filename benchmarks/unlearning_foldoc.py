@@ -49,6 +49,9 @@ def parse_args(argv=None):
   p.add_argument("--heldout", type=int, default=20, help="entries no model trains on")
   p.add_argument("--book_share", type=float, default=0.01, help="the book's share of characters")
   p.add_argument("--epochs", type=float, default=20.0)
+  p.add_argument("--warmup", type=int, default=100, help="learning-rate warmup steps")
+  p.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
+                 help="also train the plain transformer (the baselines' model)")
   p.add_argument("--vocab", type=int, default=2048)
   p.add_argument("--d_model", type=int, default=64)
   p.add_argument("--num_layers", type=int, default=2)
@@ -111,7 +114,8 @@ def train_config(args):
   c.model.update(dict(vocab_size=args.vocab, d_model=args.d_model, num_layers=args.num_layers,
                       head_dim=args.d_model // c.model.num_heads, backbone=args.backbone,
                       pool=args.pool, active=args.active, per_layer_masks=args.per_layer_masks))
-  c.train.update(dict(epochs=args.epochs, log_every=200, checkpoint_every=1000))
+  c.train.update(dict(epochs=args.epochs, warmup_steps=args.warmup, log_every=40,
+                      checkpoint_every=1000))
   if args.quick:
     c.train.update(dict(steps=20, epochs=0.0))
   return c
@@ -149,12 +153,14 @@ def main():
   config = train_config(args)
   tokenizer = tokenizer_lib.for_run(runs, (d.text for d in train_docs), config.tokenizer,
                                     config.model.vocab_size)
-  jobs.run_all(jobs.comparison(config, runs, train_docs, [*forget, book_id], plain=True),
+  jobs.run_all(jobs.comparison(config, runs, train_docs, [*forget, book_id], plain=args.plain),
                tokenizer)
   t_train = time.time() - t0
-  models = evaluate.Models(*(inference.load_run(runs / n) for n in ("null", "oracle", "plain")))
+  models = evaluate.Models(*(inference.load_run(runs / n)
+                             for n in ("null", "oracle", *(("plain",) if args.plain else ()))))
   setting = {"entries": args.entries, "linked": args.linked, "forgotten": len(forget),
-             "epochs": args.epochs, "geometry": models.null.model_cfg.geometry.to_dict(),
+             "epochs": args.epochs, "warmup": args.warmup,
+             "geometry": models.null.model_cfg.geometry.to_dict(),
              "d_model": args.d_model, "num_layers": args.num_layers,
              "train_minutes": t_train / 60, "quick": args.quick,
              "book_source": book_id, "book_share": chars[True] / sum(chars.values())}
