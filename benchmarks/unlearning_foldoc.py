@@ -59,6 +59,10 @@ def parse_args(argv=None):
   p.add_argument("--pool", type=int, default=1024)
   p.add_argument("--active", type=int, default=32)
   p.add_argument("--per_layer_masks", action="store_true")
+  p.add_argument("--sections", default="baselines,relearning",
+                 help="report sections for the forgotten entries (the conditions always)")
+  p.add_argument("--book_sections", default="relearning,extraction",
+                 help="report sections for the book")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quick", action="store_true", help="a minutes-long smoke run, not a result")
   return p.parse_args(argv)
@@ -164,9 +168,9 @@ def main():
              "d_model": args.d_model, "num_layers": args.num_layers,
              "train_minutes": t_train / 60, "quick": args.quick,
              "book_source": book_id, "book_share": chars[True] / sum(chars.values())}
-  for name, forgotten, sections, where in (
-      ("entries", forget, ("baselines", "relearning"), out),
-      ("book", [book_id], ("relearning", "extraction"), out / "book")):
+  for name, forgotten, sections, where in (("entries", forget, args.sections, out),
+                                           ("book", [book_id], args.book_sections, out / "book")):
+    sections = tuple(s for s in sections.split(",") if s)
     t1 = time.time()
     result = evaluate.evaluate(models, train_docs, probes, forgotten, eval_config(args, sections),
                                heldout=heldout_docs if name == "entries" else ())
