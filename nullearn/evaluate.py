@@ -261,9 +261,11 @@ def evaluate_corpus(models: Models, corpus: corpus_lib.Corpus, forget: Sequence[
 
 
 def forgetting_budget(geometry, forgotten: int) -> dict:
-  """How much of the pool `forgotten` sources take, and how many sources take 10/25/50%."""
+  """How much of the pool `forgotten` sources take, and how many sources the geometry can
+  forget before 1%, 10% and 50% of its pool (and of every other source's sinks) is gone."""
   return {"forgotten": forgotten, "pool_removed": geometry.lost_fraction(forgotten),
-          "sources_for": {f: geometry.forgetting_budget(f) for f in (0.1, 0.25, 0.5)}}
+          "active": geometry.active, "pool": geometry.pool,
+          "sources_for": {f: geometry.forgetting_budget(f) for f in (0.01, 0.1, 0.5)}}
 
 
 def _router(run: Run, docs, index, cfg, serve) -> routing.Router | routing.TextRouter:

@@ -89,9 +89,11 @@ def markdown(report: Report) -> str:
   if report.budget:
     b = report.budget
     lines += ["## Forgetting budget", "",
-              f"Excluding {b['forgotten']} sources removes {b['pool_removed']:.1%} of the sink "
-              f"pool; " + ", ".join(f"{n:,} sources remove {frac:.0%}"
-                                    for frac, n in b["sources_for"].items()) + ".", ""]
+              f"{b['active']} active sinks of a pool of {b['pool']:,} (p = "
+              f"{b['active'] / b['pool']:.4f}): excluding {b['forgotten']} sources removes "
+              f"{b['pool_removed']:.1%} of the pool, and as much of every other source's sinks. "
+              "Sources that can be forgotten before the pool loses " + ", ".join(
+                  f"{frac:.0%}: {n:,}" for frac, n in b["sources_for"].items()) + ".", ""]
   if report.capability:
     lines += ["## Capability: held-out loss per token", "", "| model | NLL/token |", "|---|---|"]
     lines += [f"| {k} | {_f(v, 3)} |" for k, v in report.capability.items() if k != "tokens"]

@@ -129,6 +129,11 @@ def test_eval_force_compares_anyway_and_says_so(run, tmp_path):
                  f"--out={tmp_path}", "--config.eval.sections=", "--config.eval.seq_len=32",
                  check_ok=True)
   assert "Checks overridden with --force" in out.stdout
+  # 4 of 64 sinks per source: n sources leave (15/16)^n of the pool, 1% of it lost at n = 1
+  # (6.2%), 10% at n = 2 (12.1%) and 50% at n = 11 (50.9%).
+  assert ("4 active sinks of a pool of 64 (p = 0.0625): excluding 1 sources removes 6.2% of the "
+          "pool") in out.stdout
+  assert "before the pool loses 1%: 0, 10%: 1, 50%: 10." in out.stdout
   report = json.loads((tmp_path / "report.json").read_text())
   assert report["forced"] and report["forced"][0].startswith("--oracle: was trained")
 

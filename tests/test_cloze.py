@@ -78,6 +78,19 @@ def test_shared_when_answer_and_context_recur_in_another_source():
   assert {p.kind for p in probes if p.source_id > 3} == {"unique"}
 
 
+def test_every_source_asks_its_shared_facts_beside_its_own():
+  own = "\n".join(f"In that year the old keeper counted {i + 3} ships ." for i in range(12))
+  docs = _corpus(own + "\nThe treaty of peace was signed in Paris in 1904 by both kings .",
+                 "Historians agree the treaty was signed in Paris in 1904 after long talks .")
+  mine = [p for p in cloze.make_probes(docs, per_source=3, shared_per_source=1)
+          if p.source_id == 0]
+  # Three of the twelve own facts, then one of the two shared ones, which come last in the text.
+  assert [p.kind for p in mine] == ["unique"] * 3 + ["shared"]
+  assert mine[-1].answer in {"Paris", "1904"}
+  assert {p.kind for p in cloze.make_probes(docs, shared_per_source=0)} == {"unique"}
+  assert cloze.shared_facts(docs) == {"was signed in Paris": {0, 1}, "in Paris in 1904": {0, 1}}
+
+
 def test_distractors_are_other_sources_spans_of_the_same_type():
   docs = _corpus("The treaty of peace was finally signed in Paris in 1904 by both kings .")
   probes = cloze.make_probes(docs, per_source=50, num_distractors=5)
@@ -96,6 +109,8 @@ def test_bad_arguments():
     cloze.make_probes(docs, num_distractors=2)
   with pytest.raises(ValueError, match="per_source must be at least 1"):
     cloze.make_probes(docs, per_source=0)
+  with pytest.raises(ValueError, match="shared_per_source must be at least 0"):
+    cloze.make_probes(docs, shared_per_source=-1)
   with pytest.raises(ValueError, match="needs documents"):
     cloze.make_probes([])
   with pytest.raises(ValueError, match="named both"):
@@ -125,8 +140,10 @@ def test_real_probes_are_well_formed(valid_docs, valid_probes, tmp_path):
     assert all(_kind(d) == _kind(p.answer) for d in p.distractors)
     others = [text for sid, text in texts.items() if sid != p.source_id]
     assert all(any(d in text for text in others) for d in p.distractors)
-  per_source = collections.Counter(p.source_id for p in valid_probes)
-  assert max(per_source.values()) == 8 and len(per_source) == len(valid_docs)
+  per_kind = collections.Counter((p.source_id, p.kind) for p in valid_probes)
+  assert max(n for (_, kind), n in per_kind.items() if kind == "unique") == 8
+  assert max(n for (_, kind), n in per_kind.items() if kind == "shared") == 2
+  assert len({p.source_id for p in valid_probes}) == len(valid_docs)
   assert {p.kind for p in valid_probes} == {"unique", "shared"}
   assert {_kind(p.answer) for p in valid_probes} == {cloze.YEAR, cloze.NUMBER, cloze.NAME}
 

@@ -62,20 +62,64 @@ def make_probes(
     docs: Sequence[Document],
     *,
     per_source: int = 8,
+    shared_per_source: int = 2,
     num_distractors: int = 4,
     seed: int = 0,
     min_prompt_words: int = 6,
 ) -> list[Probe]:
-  """Up to per_source cloze probes per source, spread over its text, in source order.
+  """Cloze probes per source, spread over its text, in source and then text order.
 
-  kind is "shared" when the answer, preceded by the last SHARED_CONTEXT_WORDS
-  words of the prompt, also occurs in another source's text (words compared
-  exactly, punctuation ignored), so the fact survives forgetting the source;
-  otherwise "unique".
+  A span is shared when its answer, preceded by the last SHARED_CONTEXT_WORDS
+  words of its prompt, also occurs in another source's text (words compared
+  exactly, punctuation ignored): the fact survives forgetting the source. Each
+  source gets up to per_source "unique" probes from its other spans and up to
+  shared_per_source "shared" ones, so shared facts are asked wherever a corpus
+  states them, however rare they are among a source's spans.
   """
   _check_at_least("per_source", per_source, 1)
+  _check_at_least("shared_per_source", shared_per_source, 0)
   _check_at_least("num_distractors", num_distractors, MIN_DISTRACTORS)
   _check_at_least("min_prompt_words", min_prompt_words, 1)
+  words, spans = _corpus_spans(docs)
+  pool = _DistractorPool(spans)
+  usable = {sid: [s for s in source_spans if s.prompt_words >= min_prompt_words
+                  and pool.can_serve(sid, s, num_distractors)]
+            for sid, source_spans in spans.items()}
+  stating = _sources_stating(words, [_context_key(s) for ss in usable.values() for s in ss])
+  rng = random.Random(seed)
+  probes = []
+  for sid, source_spans in usable.items():
+    shared = [bool(stating[_run(s)] - {sid}) for s in source_spans]
+    order = {s: i for i, s in enumerate(source_spans)}
+    chosen = sorted(
+        [(s, "unique") for s in _spread([s for s, sh in zip(source_spans, shared) if not sh],
+                                        per_source, rng)]
+        + [(s, "shared") for s in _spread([s for s, sh in zip(source_spans, shared) if sh],
+                                          shared_per_source, rng)],
+        key=lambda span_kind: order[span_kind[0]])
+    probes += [Probe(sid, s.prompt, s.answer, pool.draw(sid, s, num_distractors, rng), kind)
+               for s, kind in chosen]
+  return probes
+
+
+def shared_facts(docs: Sequence[Document], *, min_prompt_words: int = 6) -> dict[str, set[int]]:
+  """Facts that several sources state: "<context words> <answer>" -> the sources stating it.
+
+  The candidates are the spans make_probes could ask (prompts of at least
+  min_prompt_words words); a corpus can be cut to groups of sources sharing
+  facts so that its shared probes are not a handful.
+  """
+  _check_at_least("min_prompt_words", min_prompt_words, 1)
+  words, spans = _corpus_spans(docs)
+  keys = [_context_key(s) for source_spans in spans.values() for s in source_spans
+          if s.prompt_words >= min_prompt_words]
+  stating = _sources_stating(words, keys)
+  return {" ".join(run): sids for run, sids in stating.items() if len(sids) > 1}
+
+
+def _corpus_spans(docs: Sequence[Document]) -> tuple[dict[int, list[list[str]]],
+                                                     dict[int, list[_Span]]]:
+  """Each source's texts as words, and its candidate spans in text order."""
   texts = _source_texts(docs)
   words = {sid: [_words(text) for text in source_texts] for sid, source_texts in texts.items()}
   common = {w for source_words in words.values() for text_words in source_words for w in text_words
@@ -85,19 +129,7 @@ def make_probes(
                   if not _is_common_name(s, common))
       for sid, source_texts in texts.items()
   }
-  pool = _DistractorPool(spans)
-  rng = random.Random(seed)
-  chosen = []
-  for sid, source_spans in spans.items():
-    usable = [s for s in source_spans
-              if s.prompt_words >= min_prompt_words and pool.can_serve(sid, s, num_distractors)]
-    chosen += [(sid, s) for s in _spread(usable, per_source, rng)]
-  shared = _shared_keys(words, [(sid, _context_key(s)) for sid, s in chosen])
-  return [
-      Probe(sid, s.prompt, s.answer, pool.draw(sid, s, num_distractors, rng),
-            "shared" if (sid, _context_key(s)) in shared else "unique")
-      for sid, s in chosen
-  ]
+  return words, spans
 
 
 def _check_at_least(name: str, value: int, low: int) -> None:
@@ -274,20 +306,26 @@ def _context_key(span: _Span) -> _Key:
   return tuple(_words(span.prompt)[-SHARED_CONTEXT_WORDS:]), tuple(_words(span.answer))
 
 
-def _shared_keys(words: dict[int, list[list[str]]],
-                 keys: Sequence[tuple[int, _Key]]) -> set[tuple[int, _Key]]:
-  """(source, key) pairs whose context and answer follow each other in another source's words.
+def _run(span: _Span) -> tuple[str, ...]:
+  """The words of a span's context key in a row, as they would follow each other in a text."""
+  context, answer = _context_key(span)
+  return context + answer
 
-  The scan stops at the answers' first words, which are far rarer than context words."""
-  by_first: dict[str, set[_Key]] = defaultdict(set)
-  for _, (context, answer) in keys:
-    by_first[answer[0]].add((context, answer))
-  found: dict[_Key, set[int]] = defaultdict(set)
+
+def _sources_stating(words: dict[int, list[list[str]]],
+                     keys: Iterable[_Key]) -> dict[tuple[str, ...], set[int]]:
+  """For each key, as its run of words, the sources whose words contain that run.
+
+  One pass over the corpus per distinct run length, looking each run up in a set."""
+  by_length: dict[int, set[tuple[str, ...]]] = defaultdict(set)
+  for context, answer in keys:
+    by_length[len(context) + len(answer)].add(context + answer)
+  found: dict[tuple[str, ...], set[int]] = defaultdict(set)
   for sid, source_words in words.items():
     for text_words in source_words:
-      for i, word in enumerate(text_words):
-        for context, answer in by_first.get(word, ()):
-          start = i - len(context)
-          if start >= 0 and tuple(text_words[start:i + len(answer)]) == context + answer:
-            found[context, answer].add(sid)
-  return {(sid, key) for sid, key in keys if found[key] - {sid}}
+      for length, runs in by_length.items():
+        for i in range(len(text_words) - length + 1):
+          run = tuple(text_words[i:i + length])
+          if run in runs:
+            found[run].add(sid)
+  return found
