@@ -49,10 +49,10 @@ def check_geometry(saved: dict[str, Any], wanted: SinkGeometry, where: str) -> N
 # What a resumed run must share with its checkpoint, besides the sink geometry.
 _PROVENANCE = {
     "architecture": "model shape",
+    "param_layout": "parameter layout (model.scan_layers)",
     "tokenizer": "tokenizer",
     "data": "training data (corpus, excluded and held-out sources)",
     "schedule": "training schedule",
-    "param_layout": "parameter layout (model.scan_layers)",
 }
 
 

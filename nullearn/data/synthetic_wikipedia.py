@@ -25,9 +25,9 @@ _STREAM_WORDS = 2_000_000  # ~12M characters to cut articles from
 _SIGMA = 1.0  # of the log length; Wikipedia's lengths spread over orders of magnitude
 
 
-def write_parquet(out_dir: str | os.PathLike[str], num_articles: int, *, shards: int = 41,
-                  mean_chars: float = 3000.0, seed: int = 0) -> list[pathlib.Path]:
-  """Writes `num_articles` articles (columns id, url, title, text) as `shards` parquet files."""
+def articles(num_articles: int, *, mean_chars: float = 3000.0,
+             seed: int = 0) -> tuple[np.ndarray, list[str], list[str]]:
+  """(page ids, titles, texts) of `num_articles` made-up articles."""
   rng = np.random.default_rng(seed)
   words = _vocabulary(rng)
   ranks = np.arange(1, len(words) + 1)
@@ -37,15 +37,21 @@ def write_parquet(out_dir: str | os.PathLike[str], num_articles: int, *, shards:
   mu = np.log(mean_chars) - _SIGMA**2 / 2  # lognormal mean = exp(mu + sigma^2 / 2)
   lengths = np.clip(rng.lognormal(mu, _SIGMA, num_articles), 20, len(stream) - 1).astype(int)
   starts = rng.integers(0, len(stream) - lengths)
+  titles = [f"{words[i % len(words)].title()} {i}" for i in ids]
+  return ids, titles, [stream[s:s + n] for s, n in zip(starts, lengths)]
+
+
+def write_parquet(out_dir: str | os.PathLike[str], num_articles: int, *, shards: int = 41,
+                  mean_chars: float = 3000.0, seed: int = 0) -> list[pathlib.Path]:
+  """Writes `num_articles` articles (columns id, url, title, text) as `shards` parquet files."""
+  ids, titles, texts = articles(num_articles, mean_chars=mean_chars, seed=seed)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = []
   for k, rows in enumerate(np.array_split(np.arange(num_articles), shards)):
     paths.append(out_dir / f"train-{k:05d}-of-{shards:05d}.parquet")
-    pq.write_table(dump_table(ids[rows].tolist(),
-                              [f"{words[i % len(words)].title()} {i}" for i in ids[rows]],
-                              [stream[s:s + n] for s, n in zip(starts[rows], lengths[rows])]),
-                   paths[-1])
+    pq.write_table(dump_table(ids[rows].tolist(), [titles[i] for i in rows],
+                              [texts[i] for i in rows]), paths[-1])
   return paths
 
 

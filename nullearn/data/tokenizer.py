@@ -51,6 +51,10 @@ class Tokenizer:
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    """Pieces of many texts in one call: SentencePiece's list encode, in its own threads."""
+    return self._sp.encode(texts)
+
   def decode(self, ids: Iterable[int]) -> str:
     return self._sp.decode([int(i) for i in ids if int(i) > EOS_ID])
 
