@@ -17,14 +17,18 @@ import numpy as np
 
 from nullearn.data.corpus import Corpus, TrainingSet, training_set
 from nullearn.data.records import Document
-from nullearn.data.tokenizer import Tokenizer, split_document
+from nullearn.data.tokenizer import BOS_ID, EOS_ID, Tokenizer, split_document
 
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions", "source_ids")
 
 
 # A document is tokenized in parts of at most this many rows' worth of characters, so
 # memory is bounded by the row length, not by the longest document.
-PART_ROWS = 64
+PART_ROWS = 16
+# Parts tokenized per SentencePiece call (its list encode, in its own threads): the
+# whole pipeline gave ~960k tokens/s against ~600k with one document a call (1024-token
+# rows of Wikipedia-length synthetic articles, 2 cores).
+TOKENIZE_BATCH = 64
 
 
 @dataclasses.dataclass
@@ -39,26 +43,32 @@ class _Split(grain.experimental.FlatMapTransform):
 
 
 class _Tokenize(grain.transforms.Map):
+  """A list of documents -> their BOS + pieces + EOS with per-token source ids."""
 
   def __init__(self, tokenizer: Tokenizer):
     self.tokenizer = tokenizer
 
-  def map(self, part) -> dict[str, np.ndarray]:
-    text, source_id, first, last = part
-    tokens = self.tokenizer.encode_part(text, first=first, last=last)
-    return {"tokens": tokens, "source_ids": np.full(tokens.shape, source_id, np.uint32)}
+  def map(self, parts: list) -> list[dict[str, np.ndarray]]:
+    """(text, source id, first, last) parts -> tokens (BOS first, EOS last) and source ids."""
+    out = []
+    for (_, source_id, first, last), pieces in zip(
+        parts, self.tokenizer.encode_batch([text for text, *_ in parts])):
+      tokens = np.asarray([BOS_ID] * first + pieces + [EOS_ID] * last, np.int32)
+      out.append({"tokens": tokens, "source_ids": np.full(tokens.shape, source_id, np.uint32)})
+    return out
 
 
 @dataclasses.dataclass
 class _Chunk(grain.experimental.FlatMapTransform):
-  """Cuts a tokenized part into rows; each piece keeps its source id."""
+  """Cuts tokenized parts into rows; each piece keeps its source id."""
   length: int
   max_fan_out: int = 1 << 20
 
-  def flat_map(self, example):
-    n = len(example["tokens"])
+  def flat_map(self, examples):
     return [{k: v[i:i + self.length] for k, v in example.items()}
-            for i in range(0, n, self.length) if n - i > 1]
+            for example in examples
+            for i in range(0, len(example["tokens"]), self.length)
+            if len(example["tokens"]) - i > 1]
 
 
 def _to_model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,7 +100,8 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
   ds = ds[shard_index::shard_count].shuffle(seed=seed).repeat(num_epochs)
   it = grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(),
                                              _Split(max_chars=PART_ROWS * (seq_len + 1)))
-  it = grain.experimental.FlatMapIterDataset(it.map(_Tokenize(tokenizer)), _Chunk(seq_len + 1))
+  it = it.batch(TOKENIZE_BATCH, batch_fn=list).map(_Tokenize(tokenizer))
+  it = grain.experimental.FlatMapIterDataset(it, _Chunk(seq_len + 1))
   it = grain.experimental.FirstFitPackIterDataset(
       it, length_struct={"tokens": seq_len + 1, "source_ids": seq_len + 1},
       num_packing_bins=packing_bins, seed=seed, meta_features=("source_ids",),
