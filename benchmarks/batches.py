@@ -29,5 +29,11 @@ def synthetic_batch(c, rng: np.random.Generator, segments: int | None = None):
       src[b, lo:hi] = rng.integers(0, 2**32, dtype=np.uint32)
   tokens = rng.integers(4, c.model.vocab_size, (B, T + 1)).astype(np.int32)
   weights = np.ones((B, T), np.float32)
-  return dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], weights=weights, segment_ids=seg,
-              positions=pos, source_ids=src)
+  return dict(
+    inputs=tokens[:, :-1],
+    targets=tokens[:, 1:],
+    weights=weights,
+    segment_ids=seg,
+    positions=pos,
+    source_ids=src,
+  )

@@ -90,27 +90,41 @@ def bench(name: str, args) -> dict:
   switch = Switch.sources(rng.integers(0, 2**32, (B, 1), dtype=np.uint32))
 
   cached_s, cached_compile, got = timed(
-      lambda: sampler.sample(graphdef, params, prompts, switch, N, eos_id=None).tokens,
-      args.repeats)
+    lambda: sampler.sample(graphdef, params, prompts, switch, N, eos_id=None).tokens, args.repeats
+  )
   buffer = np.zeros((B, lengths.max() + N), np.int32)
   for i, p in enumerate(prompts):
-    buffer[i, :len(p)] = p
+    buffer[i, : len(p)] = p
   steps = min(args.baseline_steps, N)
   t0 = time.perf_counter()
-  baseline = recompute.lower(graphdef, params, buffer, lengths.astype(np.int32), switch,
-                             steps).compile()
+  baseline = recompute.lower(
+    graphdef, params, buffer, lengths.astype(np.int32), switch, steps
+  ).compile()
   base_compile = time.perf_counter() - t0
-  base_s, _, want = timed(
-      lambda: baseline(params, buffer, lengths.astype(np.int32), switch), 1)
+  base_s, _, want = timed(lambda: baseline(params, buffer, lengths.astype(np.int32), switch), 1)
   cached_tps, base_tps = B * N / cached_s, B * steps / base_s
-  return dict(shape=name, batch=B, new_tokens=N, prompt_lengths=lengths.tolist(),
-              buffer=int(buffer.shape[1]), cached_tokens_per_s=cached_tps,
-              uncached_tokens_per_s=base_tps, speedup=cached_tps / base_tps,
-              cached_s=cached_s, uncached_s=base_s, uncached_steps_timed=steps,
-              cached_compile_s=cached_compile, uncached_compile_s=base_compile,
-              same_tokens=float(np.mean(np.asarray(got)[:, :steps] == np.asarray(want))),
-              d_model=cfg.d_model, num_layers=cfg.num_layers, mlp_dim=cfg.mlp_dim,
-              sink_impl=cfg.sink_impl, dtype=cfg.dtype, vocab_size=cfg.vocab_size)
+  return dict(
+    shape=name,
+    batch=B,
+    new_tokens=N,
+    prompt_lengths=lengths.tolist(),
+    buffer=int(buffer.shape[1]),
+    cached_tokens_per_s=cached_tps,
+    uncached_tokens_per_s=base_tps,
+    speedup=cached_tps / base_tps,
+    cached_s=cached_s,
+    uncached_s=base_s,
+    uncached_steps_timed=steps,
+    cached_compile_s=cached_compile,
+    uncached_compile_s=base_compile,
+    same_tokens=float(np.mean(np.asarray(got)[:, :steps] == np.asarray(want))),
+    d_model=cfg.d_model,
+    num_layers=cfg.num_layers,
+    mlp_dim=cfg.mlp_dim,
+    sink_impl=cfg.sink_impl,
+    dtype=cfg.dtype,
+    vocab_size=cfg.vocab_size,
+  )
 
 
 def main():
@@ -119,17 +133,24 @@ def main():
   for name in args.shapes.split(","):
     rows.append(bench(name, args))
     print(json.dumps(rows[-1]), flush=True)
-  header = (f"{'shape':<6}{'batch':>6}{'new':>5}{'cached tok/s':>14}{'uncached tok/s':>16}"
-            f"{'speedup':>9}{'same tokens':>13}")
+  header = (
+    f"{'shape':<6}{'batch':>6}{'new':>5}{'cached tok/s':>14}{'uncached tok/s':>16}"
+    f"{'speedup':>9}{'same tokens':>13}"
+  )
   print(header)
   print("-" * len(header))
   for r in rows:
-    print(f"{r['shape']:<6}{r['batch']:>6}{r['new_tokens']:>5}{r['cached_tokens_per_s']:>14.1f}"
-          f"{r['uncached_tokens_per_s']:>16.1f}{r['speedup']:>8.1f}x{r['same_tokens']:>13.1%}")
+    print(
+      f"{r['shape']:<6}{r['batch']:>6}{r['new_tokens']:>5}{r['cached_tokens_per_s']:>14.1f}"
+      f"{r['uncached_tokens_per_s']:>16.1f}{r['speedup']:>8.1f}x{r['same_tokens']:>13.1%}"
+    )
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "argv": sys.argv[1:],
-                             "rows": rows}, indent=1))
+  out.write_text(
+    json.dumps(
+      {"device": jax.devices()[0].device_kind, "argv": sys.argv[1:], "rows": rows}, indent=1
+    )
+  )
   print(f"wrote {out}")
 
 

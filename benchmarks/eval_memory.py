@@ -34,6 +34,7 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 
 def make_probes(n: int, words: int, rare: bool, seed: int = 0):
   from nullearn.data.records import Probe
+
   rng = random.Random(seed)
   vocab = [f"w{rng.randrange(5000)}" for _ in range(2000)]
   odd = "ᚠᛇᚻ᛫ᛒᛦᚦ ⠊⠀⠉⠁⠝ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꧁꧂ ∮ ℵ₀ 𓀀𓁐"
@@ -42,8 +43,15 @@ def make_probes(n: int, words: int, rare: bool, seed: int = 0):
     body = [rng.choice(vocab) for _ in range(words)]
     if rare and i % 100 == 0:  # a prompt of rare characters: thousands of byte tokens
       body = [odd] * (words // 8)
-    probes.append(Probe(i % 50, " ".join(body) + " and then", "alpha",
-                        ("beta", "gamma", "delta", "epsilon"), "unique"))
+    probes.append(
+      Probe(
+        i % 50,
+        " ".join(body) + " and then",
+        "alpha",
+        ("beta", "gamma", "delta", "epsilon"),
+        "unique",
+      )
+    )
   return probes
 
 
@@ -82,7 +90,7 @@ def child(mode: str, n: int, words: int, rare: bool) -> dict:
     width = max(len(r) for r in rows)
     tokens = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):
-      tokens[i, :len(r)] = r
+      tokens[i, : len(r)] = r
     lengths, starts = np.asarray([len(r) for r in rows]), np.asarray(starts)
 
     @jax.jit
@@ -90,8 +98,12 @@ def child(mode: str, n: int, words: int, rare: bool) -> dict:
       inputs, targets = tokens_BxL[:, :-1], tokens_BxL[:, 1:]
       pos = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
       w = ((pos + 1 >= starts_B[:, None]) & (pos + 1 < lengths_B[:, None])).astype(jnp.float32)
-      logits = nnx.merge(graphdef, params)(inputs, (inputs > 0).astype(jnp.int32), pos,
-                                           Switch.sources(jnp.full((inputs.shape[0], 1), 3)))
+      logits = nnx.merge(graphdef, params)(
+        inputs,
+        (inputs > 0).astype(jnp.int32),
+        pos,
+        Switch.sources(jnp.full((inputs.shape[0], 1), 3)),
+      )
       return losses.sequence_nll(logits, targets, w) / jnp.maximum(w.sum(-1), 1.0)
 
     out = []
@@ -102,8 +114,12 @@ def child(mode: str, n: int, words: int, rare: bool) -> dict:
   seconds = time.time() - t0
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   del nll
-  return {"mode": mode, "probes": "rare" if rare else "plain", "seconds": seconds,
-          "peak_rss_mib": peak_mib}
+  return {
+    "mode": mode,
+    "probes": "rare" if rare else "plain",
+    "seconds": seconds,
+    "peak_rss_mib": peak_mib,
+  }
 
 
 def main():
@@ -118,18 +134,39 @@ def main():
     return
   rows = []
   for mode, rare in (("bounded", False), ("padded", False), ("bounded", True)):
-    out = subprocess.run([sys.executable, __file__, f"--child={mode}", f"--probes={args.probes}",
-                          f"--words={args.words}", *(["--rare"] if rare else [])],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+      [
+        sys.executable,
+        __file__,
+        f"--child={mode}",
+        f"--probes={args.probes}",
+        f"--words={args.words}",
+        *(["--rare"] if rare else []),
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+    )
     if out.returncode:
-      why = (f"killed by signal {-out.returncode} (out of memory)" if out.returncode < 0
-             else (out.stderr.strip().splitlines() or ["no output"])[-1])
-      rows.append({"mode": mode, "probes": "rare" if rare else "plain", "failed": why,
-                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
+      why = (
+        f"killed by signal {-out.returncode} (out of memory)"
+        if out.returncode < 0
+        else (out.stderr.strip().splitlines() or ["no output"])[-1]
+      )
+      rows.append(
+        {
+          "mode": mode,
+          "probes": "rare" if rare else "plain",
+          "failed": why,
+          "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        }
+      )
     else:
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-  print(f"{args.probes} probes of {args.words}-word prompts, 4 distractors each, tiny NULL "
-        "(context 128); rare: 1 prompt in 100 in rare characters")
+  print(
+    f"{args.probes} probes of {args.words}-word prompts, 4 distractors each, tiny NULL "
+    "(context 128); rare: 1 prompt in 100 in rare characters"
+  )
   print(f"{'mode':<10}{'probes':<8}{'seconds':>10}{'peak RSS MiB':>15}")
   for r in rows:
     head = f"{r['mode']:<10}{r['probes']:<8}"
@@ -138,8 +175,9 @@ def main():
     else:
       print(f"{head}{r['seconds']:>10.1f}{r['peak_rss_mib']:>15.0f}")
   RESULTS.mkdir(exist_ok=True)
-  (RESULTS / "eval_memory.json").write_text(json.dumps(
-      {"probes": args.probes, "words": args.words, "rows": rows}, indent=1))
+  (RESULTS / "eval_memory.json").write_text(
+    json.dumps({"probes": args.probes, "words": args.words, "rows": rows}, indent=1)
+  )
 
 
 if __name__ == "__main__":

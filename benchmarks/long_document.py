@@ -30,11 +30,12 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def document(mb: float) -> str:
   """Real English prose (WikiText-2), repeated to `mb` megabytes, as one article."""
   text = (SHARED / "wikitext-2" / "valid.txt").read_text()
-  return (text * (int(mb * 2**20) // len(text) + 1))[:int(mb * 2**20)]
+  return (text * (int(mb * 2**20) // len(text) + 1))[: int(mb * 2**20)]
 
 
 def tokenizer():
   from nullearn.data.tokenizer import train_tokenizer
+
   text = (SHARED / "wikitext-2" / "valid.txt").read_text()
   return train_tokenizer(text.splitlines()[:20_000], vocab_size=1024)
 
@@ -43,18 +44,29 @@ def measure(way: str, mb: float, seq_len: int) -> dict:
   """Runs one way in this process; returns peak RSS (MiB) and seconds."""
   from nullearn.data import pipeline
   from nullearn.data.records import Document
+
   tok, text = tokenizer(), document(mb)
   start = time.perf_counter()
   if way == "whole":
     tokens = len(tok.encode_document(text))
   elif way == "pipeline":
-    ds = pipeline.training_dataset([Document(source_id=1, source="long", text=text)], tok, seq_len=seq_len,
-                                   batch_size=8, seed=0, num_epochs=1)
+    ds = pipeline.training_dataset(
+      [Document(source_id=1, source="long", text=text)],
+      tok,
+      seq_len=seq_len,
+      batch_size=8,
+      seed=0,
+      num_epochs=1,
+    )
     tokens = sum(int(b["weights"].sum()) for b, _ in zip(ds, range(4)))
   else:
     tokens = 0
-  return {"way": way, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-          "seconds": time.perf_counter() - start, "tokens": tokens}
+  return {
+    "way": way,
+    "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "seconds": time.perf_counter() - start,
+    "tokens": tokens,
+  }
 
 
 def main() -> None:
@@ -68,10 +80,16 @@ def main() -> None:
     return
   rows = []
   for way in ("baseline", "pipeline", "whole"):
-    out = subprocess.run([sys.executable, __file__, f"--way={way}", f"--mb={args.mb}",
-                          f"--seq_len={args.seq_len}"], capture_output=True, text=True)
-    rows.append(json.loads(out.stdout) if out.returncode == 0 else
-                {"way": way, "error": (out.stderr.strip().splitlines() or ["killed"])[-1]})
+    out = subprocess.run(
+      [sys.executable, __file__, f"--way={way}", f"--mb={args.mb}", f"--seq_len={args.seq_len}"],
+      capture_output=True,
+      text=True,
+    )
+    rows.append(
+      json.loads(out.stdout)
+      if out.returncode == 0
+      else {"way": way, "error": (out.stderr.strip().splitlines() or ["killed"])[-1]}
+    )
   base = rows[0]["peak_mib"]
   print(f"one {args.mb:g} MB document, seq_len {args.seq_len}")
   print(f"{'way':10} {'peak MiB':>9} {'over baseline':>14} {'seconds':>8}")
@@ -81,8 +99,9 @@ def main() -> None:
     else:
       print(f"{r['way']:10} {r['peak_mib']:9.0f} {r['peak_mib'] - base:14.0f} {r['seconds']:8.1f}")
   RESULTS.mkdir(exist_ok=True)
-  (RESULTS / "long_document.json").write_text(json.dumps(
-      {"mb": args.mb, "seq_len": args.seq_len, "rows": rows}, indent=2) + "\n")
+  (RESULTS / "long_document.json").write_text(
+    json.dumps({"mb": args.mb, "seq_len": args.seq_len, "rows": rows}, indent=2) + "\n"
+  )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ def derivation_rate(batch: int, repeats: int = 5) -> dict:
   offsets = jax.jit(GEOMETRY.offsets)
   dense = jax.jit(lambda ids: Switch.sources(ids).mlp_mask(GEOMETRY, jnp.bfloat16))
   out = {}
-  for name, fn, shape in (("sink indices", offsets, (batch,)),
-                          ("dense token masks (B=8, T=1024, F=8192)", dense, (8, 1024))):
+  for name, fn, shape in (
+    ("sink indices", offsets, (batch,)),
+    ("dense token masks (B=8, T=1024, F=8192)", dense, (8, 1024)),
+  ):
     ids = jnp.asarray(rng.integers(0, 6_400_000, shape, dtype=np.uint32))
     jax.block_until_ready(fn(ids))
     t0 = time.perf_counter()
@@ -58,7 +60,7 @@ def stream_all(n: int, batch: int, fn) -> dict:
   t0 = time.perf_counter()
   for lo in range(0, n, batch):
     ids = np.arange(lo, lo + batch, dtype=np.uint32)  # fixed shape: one compile
-    off = np.asarray(fn(jnp.asarray(ids)))[:min(batch, n - lo)]
+    off = np.asarray(fn(jnp.asarray(ids)))[: min(batch, n - lo)]
     np.add.at(usage, (starts + off).ravel(), 1)
   return {"seconds": time.perf_counter() - t0, "usage": usage}
 
@@ -79,26 +81,51 @@ def main():
     res = stream_all(n, args.batch, fn)
     after = rss_mib()
     usage = res["usage"] / n
-    rows.append(dict(sources=n, seconds=res["seconds"], sources_per_sec=n / res["seconds"],
-                     rss_before_mib=before, rss_after_mib=after, rss_growth_mib=after - before,
-                     usage_mean=float(usage.mean()), usage_min=float(usage.min()),
-                     usage_max=float(usage.max())))
-  print(f"geometry: pool {POOL}, active {ACTIVE} (each sink should serve {ACTIVE / POOL:.4f} "
-        "of sources)")
+    rows.append(
+      dict(
+        sources=n,
+        seconds=res["seconds"],
+        sources_per_sec=n / res["seconds"],
+        rss_before_mib=before,
+        rss_after_mib=after,
+        rss_growth_mib=after - before,
+        usage_mean=float(usage.mean()),
+        usage_min=float(usage.min()),
+        usage_max=float(usage.max()),
+      )
+    )
+  print(
+    f"geometry: pool {POOL}, active {ACTIVE} (each sink should serve {ACTIVE / POOL:.4f} "
+    "of sources)"
+  )
   for name, v in rates.items():
     print(f"{name:42s} {v:>14,.0f} per second")
-  header = f"{'sources':>10}{'seconds':>9}{'sources/s':>12}{'RSS MiB':>9}{'growth':>8}" \
-           f"{'sink usage min/mean/max':>26}"
+  header = (
+    f"{'sources':>10}{'seconds':>9}{'sources/s':>12}{'RSS MiB':>9}{'growth':>8}"
+    f"{'sink usage min/mean/max':>26}"
+  )
   print(header)
   print("-" * len(header))
   for r in rows:
-    print(f"{r['sources']:>10,}{r['seconds']:>9.1f}{r['sources_per_sec']:>12,.0f}"
-          f"{r['rss_after_mib']:>9.0f}{r['rss_growth_mib']:>8.1f}"
-          f"{r['usage_min']:>10.4f}/{r['usage_mean']:.4f}/{r['usage_max']:.4f}")
+    print(
+      f"{r['sources']:>10,}{r['seconds']:>9.1f}{r['sources_per_sec']:>12,.0f}"
+      f"{r['rss_after_mib']:>9.0f}{r['rss_growth_mib']:>8.1f}"
+      f"{r['usage_min']:>10.4f}/{r['usage_mean']:.4f}/{r['usage_max']:.4f}"
+    )
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "pool": POOL,
-                             "active": ACTIVE, "rates_per_sec": rates, "rows": rows}, indent=1))
+  out.write_text(
+    json.dumps(
+      {
+        "device": jax.devices()[0].device_kind,
+        "pool": POOL,
+        "active": ACTIVE,
+        "rates_per_sec": rates,
+        "rows": rows,
+      },
+      indent=1,
+    )
+  )
   print(f"wrote {out}")
 
 

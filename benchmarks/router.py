@@ -57,7 +57,7 @@ def sources(n: int, vocab: np.ndarray, seed: int = 1):
     words = vocab[np.searchsorted(cdf, rng.random(int(lengths.sum())))]
     at = np.r_[0, np.cumsum(lengths)]
     for i in range(m):
-      yield lo + i, f"{title(lo + i, vocab)} {' '.join(words[at[i]:at[i + 1]])}"
+      yield lo + i, f"{title(lo + i, vocab)} {' '.join(words[at[i] : at[i + 1]])}"
 
 
 def title(source_id: int, vocab: np.ndarray) -> str:
@@ -82,11 +82,13 @@ def peak_rss_mib() -> float:
 def build(n: int, out: str, baseline: bool) -> dict:
   """Runs in a fresh process: builds the index of n sources (or bm25s's own, `baseline`)."""
   from nullearn import router
+
   vocab = vocabulary()
   rss0 = peak_rss_mib()
   t0 = time.perf_counter()
   if baseline:
     import bm25s
+
     index = bm25s.BM25(method="lucene")
     index.index([router.words(t) for _, t in sources(n, vocab)], show_progress=False)
     index.save(out, show_progress=False)
@@ -94,13 +96,18 @@ def build(n: int, out: str, baseline: bool) -> dict:
     router.PromptRouter.build(sources(n, vocab), out)
   seconds = time.perf_counter() - t0
   size = sum(f.stat().st_size for f in pathlib.Path(out).iterdir())
-  return {"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "rss_before_mib": rss0,
-          "index_mib": size / 2**20}
+  return {
+    "seconds": seconds,
+    "peak_rss_mib": peak_rss_mib(),
+    "rss_before_mib": rss0,
+    "index_mib": size / 2**20,
+  }
 
 
 def queries(n: int, out: str, count: int = 200) -> dict:
   """Top-1 routing latency on the memory-mapped index, 1,000 sources masked."""
   from nullearn import router
+
   vocab = vocabulary()
   index = router.PromptRouter.load(out)
   rng = np.random.default_rng(2)
@@ -108,8 +115,10 @@ def queries(n: int, out: str, count: int = 200) -> dict:
   forgotten = rng.choice(n, min(1000, n // 2), replace=False)
   forgotten = forgotten[~np.isin(forgotten, picks)]
   common = vocab[:400]
-  prompts = [" ".join([*rng.choice(common, int(rng.integers(5, 10))), *title(int(i), vocab)
-                       .split()[:2]]) for i in picks]
+  prompts = [
+    " ".join([*rng.choice(common, int(rng.integers(5, 10))), *title(int(i), vocab).split()[:2]])
+    for i in picks
+  ]
   for p in prompts[:20]:
     index.route(p, forgotten)
   times, hits = [], 0
@@ -119,8 +128,13 @@ def queries(n: int, out: str, count: int = 200) -> dict:
     times.append(time.perf_counter() - t0)
     hits += got.source == i
   ms = 1000 * np.asarray(times)
-  out = {"queries": count, "p50_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
-         "mean_ms": float(ms.mean()), "own_source_first": hits / len(times)}
+  out = {
+    "queries": count,
+    "p50_ms": float(np.median(ms)),
+    "p99_ms": float(np.percentile(ms, 99)),
+    "mean_ms": float(ms.mean()),
+    "own_source_first": hits / len(times),
+  }
   return out
 
 
@@ -137,8 +151,12 @@ def in_fresh_process(*args):
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--sizes", default="100000,400000,1600000,6400000")
-  p.add_argument("--baseline_max", type=int, default=400_000,
-                 help="largest size also built by bm25s's own index() (token lists in RAM)")
+  p.add_argument(
+    "--baseline_max",
+    type=int,
+    default=400_000,
+    help="largest size also built by bm25s's own index() (token lists in RAM)",
+  )
   p.add_argument("--out", default="benchmarks/results/router.json")
   p.add_argument("--scratch", default=None, help="where indexes are built (default: a tempdir)")
   args = p.parse_args()
@@ -154,22 +172,28 @@ def main():
     shutil.rmtree(scratch / f"ours-{n}")
     rows.append(row)
     print(json.dumps(row), flush=True)
-    pathlib.Path(args.out).write_text(json.dumps({"rows": rows, "types": TYPES, "zipf": ZIPF,
-                                                  "leading_words": LEAD_WORDS}, indent=1))
+    pathlib.Path(args.out).write_text(
+      json.dumps(
+        {"rows": rows, "types": TYPES, "zipf": ZIPF, "leading_words": LEAD_WORDS}, indent=1
+      )
+    )
   print(table(rows))
   print(f"wrote {args.out}")
 
 
 def table(rows) -> str:
-  lines = [f"{'sources':>10} {'build s':>9} {'peak MiB':>9} {'index MiB':>10} {'B/source':>9} "
-           f"{'p50 ms':>7} {'p99 ms':>7} {'hit@1':>6} {'bm25s s':>8} {'bm25s MiB':>10}"]
+  lines = [
+    f"{'sources':>10} {'build s':>9} {'peak MiB':>9} {'index MiB':>10} {'B/source':>9} "
+    f"{'p50 ms':>7} {'p99 ms':>7} {'hit@1':>6} {'bm25s s':>8} {'bm25s MiB':>10}"
+  ]
   for r in rows:
     s, q, b = r["streaming"], r["query"], r.get("bm25s_index")
     lines.append(
-        f"{r['sources']:>10,} {s['seconds']:>9.1f} {s['peak_rss_mib']:>9.0f} "
-        f"{s['index_mib']:>10.1f} {s['index_mib'] * 2**20 / r['sources']:>9.0f} "
-        f"{q['p50_ms']:>7.1f} {q['p99_ms']:>7.1f} {q['own_source_first']:>6.2f} "
-        + (f"{b['seconds']:>8.1f} {b['peak_rss_mib']:>10.0f}" if b else f"{'':>8} {'':>10}"))
+      f"{r['sources']:>10,} {s['seconds']:>9.1f} {s['peak_rss_mib']:>9.0f} "
+      f"{s['index_mib']:>10.1f} {s['index_mib'] * 2**20 / r['sources']:>9.0f} "
+      f"{q['p50_ms']:>7.1f} {q['p99_ms']:>7.1f} {q['own_source_first']:>6.2f} "
+      + (f"{b['seconds']:>8.1f} {b['peak_rss_mib']:>10.0f}" if b else f"{'':>8} {'':>10}")
+    )
   return "\n".join(lines)
 
 

@@ -19,8 +19,8 @@ import time
 
 import jax
 import numpy as np
-
 from batches import synthetic_batch
+
 from nullearn import train
 from nullearn.configs import tiny
 
@@ -47,8 +47,18 @@ def prepare(layers: int, scan: bool, remat: str) -> dict:
     compile_s, compile_wall_s = time.process_time() - c0, time.perf_counter() - t0
     state, _ = step(state, batch)  # warm-up
     jax.block_until_ready(state)
-  return dict(layers=layers, scan=scan, setup=setup, state=state, step=step, batch=batch,
-              compile_s=compile_s, compile_wall_s=compile_wall_s, times=[], wall=[])
+  return dict(
+    layers=layers,
+    scan=scan,
+    setup=setup,
+    state=state,
+    step=step,
+    batch=batch,
+    compile_s=compile_s,
+    compile_wall_s=compile_wall_s,
+    times=[],
+    wall=[],
+  )
 
 
 def main():
@@ -67,25 +77,47 @@ def main():
     unrolled = runs[0]
     for r in runs:
       step_ms = 1e3 * float(np.median(r["times"]))
-      rows.append(dict(
-          layers=layers, layout="scanned" if r["scan"] else "unrolled", remat=args.remat,
-          compile_s=r["compile_s"], compile_wall_s=r["compile_wall_s"], step_ms=step_ms,
+      rows.append(
+        dict(
+          layers=layers,
+          layout="scanned" if r["scan"] else "unrolled",
+          remat=args.remat,
+          compile_s=r["compile_s"],
+          compile_wall_s=r["compile_wall_s"],
+          step_ms=step_ms,
           step_wall_ms=1e3 * float(np.median(r["wall"])),
           compile_vs_unrolled=r["compile_s"] / unrolled["compile_s"],
           step_vs_unrolled=step_ms / (1e3 * float(np.median(unrolled["times"]))),
-          d_model=r["setup"].model_cfg.d_model, mlp_dim=r["setup"].model_cfg.mlp_dim,
-          batch=8, seq_len=128))
-  header = (f"{'layers':>6}{'layout':>10}{'compile CPU s':>15}{'vs unrolled':>13}"
-            f"{'step CPU ms':>13}{'vs unrolled':>13}")
+          d_model=r["setup"].model_cfg.d_model,
+          mlp_dim=r["setup"].model_cfg.mlp_dim,
+          batch=8,
+          seq_len=128,
+        )
+      )
+  header = (
+    f"{'layers':>6}{'layout':>10}{'compile CPU s':>15}{'vs unrolled':>13}"
+    f"{'step CPU ms':>13}{'vs unrolled':>13}"
+  )
   print(header)
   print("-" * len(header))
   for r in rows:
-    print(f"{r['layers']:>6}{r['layout']:>10}{r['compile_s']:>15.1f}"
-          f"{r['compile_vs_unrolled']:>13.2f}{r['step_ms']:>13.1f}{r['step_vs_unrolled']:>13.2f}")
+    print(
+      f"{r['layers']:>6}{r['layout']:>10}{r['compile_s']:>15.1f}"
+      f"{r['compile_vs_unrolled']:>13.2f}{r['step_ms']:>13.1f}{r['step_vs_unrolled']:>13.2f}"
+    )
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "steps": args.steps,
-                             "argv": sys.argv[1:], "rows": rows}, indent=1))
+  out.write_text(
+    json.dumps(
+      {
+        "device": jax.devices()[0].device_kind,
+        "steps": args.steps,
+        "argv": sys.argv[1:],
+        "rows": rows,
+      },
+      indent=1,
+    )
+  )
   print(f"wrote {out}")
 
 

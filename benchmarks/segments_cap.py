@@ -33,8 +33,8 @@ import time
 
 import jax
 import numpy as np
-
 from batches import synthetic_batch, wikipedia_like
+
 from nullearn import flops, train
 from nullearn.data import pipeline
 from nullearn.data.tokenizer import Tokenizer
@@ -55,9 +55,16 @@ def parse_args():
 
 
 def fill(docs, tokenizer, cap: int | None, config) -> dict:
-  ds = pipeline.training_dataset(docs, tokenizer, seq_len=config.data.seq_len,
-                                 batch_size=32, seed=0, num_epochs=1,
-                                 packing_bins=config.data.packing_bins, max_segments=cap)
+  ds = pipeline.training_dataset(
+    docs,
+    tokenizer,
+    seq_len=config.data.seq_len,
+    batch_size=32,
+    seed=0,
+    num_epochs=1,
+    packing_bins=config.data.packing_bins,
+    max_segments=cap,
+  )
   real = total = 0
   docs_per_row = []
   for batch in ds:
@@ -97,8 +104,18 @@ def main():
         step = train.make_train_step(setup)
         state, _ = step(state, batch)
         jax.block_until_ready(state)
-      runs.append(dict(impl=impl, cap=cap, layers=layers, setup=setup, state=state, step=step,
-                       batch=batch, times=[]))
+      runs.append(
+        dict(
+          impl=impl,
+          cap=cap,
+          layers=layers,
+          setup=setup,
+          state=state,
+          step=step,
+          batch=batch,
+          times=[],
+        )
+      )
   for _ in range(args.steps):  # interleaved, so drift hits every variant alike
     for r in runs:
       with jax.set_mesh(r["setup"].mesh):
@@ -109,39 +126,62 @@ def main():
   L, T = CONFIG.model.num_layers, CONFIG.data.seq_len
   rows = []
   for impl, cap in variants:
-    one, two = (float(np.median(r["times"])) for r in runs
-                if r["impl"] == impl and r["cap"] == cap)
+    one, two = (float(np.median(r["times"])) for r in runs if r["impl"] == impl and r["cap"] == cap)
     per_layer = two - one
     step_s = (one - per_layer + L * per_layer) / args.rows  # one row of the 32-layer model
     f = fills[None if impl == "dense" else cap]
     m = model_config(impl, cap, L, 1).model
     cfg = ModelConfig.from_config(m)
-    rows.append(dict(impl=impl, cap=None if impl == "dense" else cap, fill=f["fill"],
-                     docs_per_row=f["docs_per_row"], step_s_per_row=step_s,
-                     layer_s_per_row=per_layer / args.rows,
-                     step_s_1_layer=one, step_s_2_layers=two,
-                     tokens_per_s=f["fill"] * T / step_s,
-                     executed_gflop_per_token=flops.train_flops_per_token(cfg, T) / 1e9))
+    rows.append(
+      dict(
+        impl=impl,
+        cap=None if impl == "dense" else cap,
+        fill=f["fill"],
+        docs_per_row=f["docs_per_row"],
+        step_s_per_row=step_s,
+        layer_s_per_row=per_layer / args.rows,
+        step_s_1_layer=one,
+        step_s_2_layers=two,
+        tokens_per_s=f["fill"] * T / step_s,
+        executed_gflop_per_token=flops.train_flops_per_token(cfg, T) / 1e9,
+      )
+    )
   dense = rows[0]["tokens_per_s"]
   for r in rows:
     r["tokens_per_s_vs_dense"] = r["tokens_per_s"] / dense
-  header = (f"{'impl':>7}{'cap':>5}{'fill':>7}{'docs/row':>10}{'GFLOP/tok':>11}"
-            f"{'CPU s/row, 32 L':>17}{'tok/s':>9}{'vs dense':>10}")
-  print(f"articles: {len(docs):,}, median {np.median(lengths):,.0f} chars, mean "
-        f"{lengths.mean():,.0f}; uncapped fill {fills[None]['fill']:.3f}")
+  header = (
+    f"{'impl':>7}{'cap':>5}{'fill':>7}{'docs/row':>10}{'GFLOP/tok':>11}"
+    f"{'CPU s/row, 32 L':>17}{'tok/s':>9}{'vs dense':>10}"
+  )
+  print(
+    f"articles: {len(docs):,}, median {np.median(lengths):,.0f} chars, mean "
+    f"{lengths.mean():,.0f}; uncapped fill {fills[None]['fill']:.3f}"
+  )
   print(header)
   print("-" * len(header))
   for r in rows:
-    print(f"{r['impl']:>7}{r['cap'] or '-':>5}{r['fill']:>7.3f}{r['docs_per_row']:>10.2f}"
-          f"{r['executed_gflop_per_token']:>11.2f}{r['step_s_per_row']:>17.2f}"
-          f"{r['tokens_per_s']:>9.0f}{r['tokens_per_s_vs_dense']:>10.2f}")
+    print(
+      f"{r['impl']:>7}{r['cap'] or '-':>5}{r['fill']:>7.3f}{r['docs_per_row']:>10.2f}"
+      f"{r['executed_gflop_per_token']:>11.2f}{r['step_s_per_row']:>17.2f}"
+      f"{r['tokens_per_s']:>9.0f}{r['tokens_per_s_vs_dense']:>10.2f}"
+    )
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({
-      "device": jax.devices()[0].device_kind, "argv": sys.argv[1:], "steps": args.steps,
-      "articles": len(docs), "median_chars": float(np.median(lengths)),
-      "mean_chars": float(lengths.mean()),
-      "fills": {str(k): v for k, v in fills.items()}, "rows": rows}, indent=1))
+  out.write_text(
+    json.dumps(
+      {
+        "device": jax.devices()[0].device_kind,
+        "argv": sys.argv[1:],
+        "steps": args.steps,
+        "articles": len(docs),
+        "median_chars": float(np.median(lengths)),
+        "mean_chars": float(lengths.mean()),
+        "fills": {str(k): v for k, v in fills.items()},
+        "rows": rows,
+      },
+      indent=1,
+    )
+  )
   print(f"wrote {out}")
 
 

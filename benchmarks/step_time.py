@@ -27,24 +27,29 @@ def parse_args():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--shapes", default="tiny,mid")
   p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--devices", type=int, default=0,
-                 help="fake this many CPU devices and add a sharded run (data x fsdp mesh)")
+  p.add_argument(
+    "--devices",
+    type=int,
+    default=0,
+    help="fake this many CPU devices and add a sharded run (data x fsdp mesh)",
+  )
   p.add_argument("--out", default="benchmarks/results/step_time.json")
   return p.parse_args()
 
 
 ARGS = parse_args()
 if ARGS.devices:  # must precede the first import of jax
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + f" --xla_force_host_platform_device_count={ARGS.devices}")
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+  )
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from batches import synthetic_batch  # noqa: E402
 
 from nullearn import attention, flops, sharding, train  # noqa: E402
 from nullearn.configs import mid, tiny  # noqa: E402
 from nullearn.model import make_plain  # noqa: E402
-from batches import synthetic_batch  # noqa: E402
 
 
 def shape_config(name: str):
@@ -90,8 +95,15 @@ def bench_shape(name: str, steps: int, mesh) -> list[dict]:
   runs, unavailable = [], []
   for vname, v in variants(c):
     if not runs_here(v):
-      unavailable.append(dict(shape=name, devices=mesh.size, variant=vname, step_ms=None,
-                              unavailable=f"unavailable on {jax.default_backend()}"))
+      unavailable.append(
+        dict(
+          shape=name,
+          devices=mesh.size,
+          variant=vname,
+          step_ms=None,
+          unavailable=f"unavailable on {jax.default_backend()}",
+        )
+      )
       continue
     setup = train.make_setup(v, steps=1000, mesh=mesh)
     state = train.init_state(setup)
@@ -103,8 +115,18 @@ def bench_shape(name: str, steps: int, mesh) -> list[dict]:
       jax.block_until_ready(state)
       compile_s = time.perf_counter() - t0
       state, _ = step(state, batch)
-    runs.append(dict(variant=vname, setup=setup, state=state, step=step, batch=batch,
-                     times=[], compile_s=compile_s, config=v))
+    runs.append(
+      dict(
+        variant=vname,
+        setup=setup,
+        state=state,
+        step=step,
+        batch=batch,
+        times=[],
+        compile_s=compile_s,
+        config=v,
+      )
+    )
   for _ in range(steps):  # interleaved: plain, dense, gather, plain, ...
     for r in runs:
       with jax.set_mesh(r["setup"].mesh):
@@ -120,15 +142,31 @@ def bench_shape(name: str, steps: int, mesh) -> list[dict]:
     med = float(np.median(r["times"]))
     m = r["setup"].model_cfg
     flops_per_token = flops.train_flops_per_token(m, c.data.seq_len)
-    rows.append(dict(
-        shape=name, devices=mesh.size, mesh=dict(mesh.shape), variant=r["variant"],
-        step_ms=1e3 * med, step_ms_min=1e3 * float(np.min(r["times"])),
-        ratio_to_plain=med / plain, tokens_per_sec=tokens / med, compile_s=r["compile_s"],
-        flops_per_token=flops_per_token, dtype=m.dtype,
+    rows.append(
+      dict(
+        shape=name,
+        devices=mesh.size,
+        mesh=dict(mesh.shape),
+        variant=r["variant"],
+        step_ms=1e3 * med,
+        step_ms_min=1e3 * float(np.min(r["times"])),
+        ratio_to_plain=med / plain,
+        tokens_per_sec=tokens / med,
+        compile_s=r["compile_s"],
+        flops_per_token=flops_per_token,
+        dtype=m.dtype,
         mfu=flops_per_token * tokens / med / (peak * mesh.size) if peak else None,
-        d_model=m.d_model, num_layers=m.num_layers, mlp_dim=m.mlp_dim, backbone=m.backbone,
-        pool=m.pool, active=m.active, batch=c.data.batch_size, seq_len=c.data.seq_len,
-        attention=attention.resolve(m.attention, m.dtype)))
+        d_model=m.d_model,
+        num_layers=m.num_layers,
+        mlp_dim=m.mlp_dim,
+        backbone=m.backbone,
+        pool=m.pool,
+        active=m.active,
+        batch=c.data.batch_size,
+        seq_len=c.data.seq_len,
+        attention=attention.resolve(m.attention, m.dtype),
+      )
+    )
   return rows + unavailable
 
 
@@ -140,8 +178,10 @@ def main():
   for shape in ARGS.shapes.split(","):
     for _, mesh in meshes:
       rows += bench_shape(shape, ARGS.steps, mesh)
-  header = (f"{'shape':<6}{'devices':>8}{'variant':>16}{'step ms':>10}{'tok/s':>11}"
-            f"{'vs plain':>10}{'MFU':>7}")
+  header = (
+    f"{'shape':<6}{'devices':>8}{'variant':>16}{'step ms':>10}{'tok/s':>11}"
+    f"{'vs plain':>10}{'MFU':>7}"
+  )
   print(header)
   print("-" * len(header))
   for r in rows:
@@ -149,12 +189,23 @@ def main():
       print(f"{r['shape']:<6}{r['devices']:>8}{r['variant']:>16}  {r['unavailable']}")
       continue
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "–"
-    print(f"{r['shape']:<6}{r['devices']:>8}{r['variant']:>16}{r['step_ms']:>10.1f}"
-          f"{r['tokens_per_sec']:>11.0f}{r['ratio_to_plain']:>10.3f}{mfu:>7}")
+    print(
+      f"{r['shape']:<6}{r['devices']:>8}{r['variant']:>16}{r['step_ms']:>10.1f}"
+      f"{r['tokens_per_sec']:>11.0f}{r['ratio_to_plain']:>10.3f}{mfu:>7}"
+    )
   out = pathlib.Path(ARGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "steps": ARGS.steps,
-                             "argv": sys.argv[1:], "rows": rows}, indent=1))
+  out.write_text(
+    json.dumps(
+      {
+        "device": jax.devices()[0].device_kind,
+        "steps": ARGS.steps,
+        "argv": sys.argv[1:],
+        "rows": rows,
+      },
+      indent=1,
+    )
+  )
   print(f"wrote {out}")
 
 

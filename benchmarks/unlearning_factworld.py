@@ -34,26 +34,38 @@ def main():
   workdir.mkdir(parents=True, exist_ok=True)
   world = factworld.generate(factworld.FactWorldConfig.from_config(config))
   forget = factworld.choose_forget_set(world, config.demo.num_forget, config.demo.forget_seed)
-  tokenizer = tokenizer_lib.for_run(workdir, (d.text for d in world.documents), config.tokenizer,
-                                    config.model.vocab_size)
+  tokenizer = tokenizer_lib.for_run(
+    workdir, (d.text for d in world.documents), config.tokenizer, config.model.vocab_size
+  )
   jobs.run_all(jobs.comparison(config, workdir, world.documents, forget, plain=True), tokenizer)
   t_train = time.time() - t0
   models = evaluate.Models(*(inference.load_run(workdir / n) for n in ("null", "oracle", "plain")))
   cfg = config.eval
   cfg.update(dict(unlearn_lr=1e-3, relearn_lr=1e-3, relearn_batch=16, retain_docs=200))
   result = evaluate.evaluate(models, world.documents, world.probes, forget, cfg)
-  result.benchmark = {"train_minutes": t_train / 60, "total_minutes": (time.time() - t0) / 60,
-                         **_routing_diagnostic(world, forget, result)}
+  result.benchmark = {
+    "train_minutes": t_train / 60,
+    "total_minutes": (time.time() - t0) / 60,
+    **_routing_diagnostic(world, forget, result),
+  }
   for path in report.write(result, args.out):
     print(f"wrote {path}")
   b = result.benchmark
-  lines = ["", "## Routing (fact world)", "",
-           f"{b['routed_within_region']:.0%} of the forgotten sources were routed to a source of "
-           f"their own region. Median shared-fact Truth Ratio of the "
-           f"{b['shared_probes_within_region']} probes routed within their region and the rest:",
-           "", "| condition | routed within region | routed elsewhere |", "|---|---|---|"]
-  lines += [f"| {name} | {m['routed within region']:.2f} | {m['routed elsewhere']:.2f} |"
-            for name, m in b["shared_median_by_routing"].items()]
+  lines = [
+    "",
+    "## Routing (fact world)",
+    "",
+    f"{b['routed_within_region']:.0%} of the forgotten sources were routed to a source of "
+    f"their own region. Median shared-fact Truth Ratio of the "
+    f"{b['shared_probes_within_region']} probes routed within their region and the rest:",
+    "",
+    "| condition | routed within region | routed elsewhere |",
+    "|---|---|---|",
+  ]
+  lines += [
+    f"| {name} | {m['routed within region']:.2f} | {m['routed elsewhere']:.2f} |"
+    for name, m in b["shared_median_by_routing"].items()
+  ]
   with open(pathlib.Path(args.out) / "report.md", "a") as f:
     f.write("\n".join(lines) + "\n")
   print((pathlib.Path(args.out) / "report.md").read_text())
@@ -71,11 +83,15 @@ def _routing_diagnostic(world, forget, result) -> dict:
   medians = {}
   for name, ratios in result.ratios.items():
     r = np.asarray(ratios)
-    medians[name] = {"routed within region": float(np.median(r[shared & in_region])),
-                     "routed elsewhere": float(np.median(r[shared & ~in_region]))}
-  return {"routed_within_region": float(np.mean(list(same.values()))),
-          "shared_median_by_routing": medians,
-          "shared_probes_within_region": int(np.sum(shared & in_region))}
+    medians[name] = {
+      "routed within region": float(np.median(r[shared & in_region])),
+      "routed elsewhere": float(np.median(r[shared & ~in_region])),
+    }
+  return {
+    "routed_within_region": float(np.mean(list(same.values()))),
+    "shared_median_by_routing": medians,
+    "shared_probes_within_region": int(np.sum(shared & in_region)),
+  }
 
 
 if __name__ == "__main__":

@@ -43,16 +43,20 @@ def parse_args():
 
 
 def corpus_and_probes(data: pathlib.Path, args):
-  articles = wikitext.wikitext_documents([data / "wikitext-2" / "valid.txt",
-                                          data / "wikitext-2" / "test.txt"])
+  articles = wikitext.wikitext_documents(
+    [data / "wikitext-2" / "valid.txt", data / "wikitext-2" / "test.txt"]
+  )
   book_id = max(d.source_id for d in articles) + 1
-  book = wikitext.book_documents(data / "tinyshakespeare" / "input.txt", book_id,
-                                 "Shakespeare's plays")
+  book = wikitext.book_documents(
+    data / "tinyshakespeare" / "input.txt", book_id, "Shakespeare's plays"
+  )
   rng = np.random.default_rng(args.seed)
   order = rng.permutation(sorted({d.source_id for d in articles}))
-  heldout = set(order[:args.heldout_articles].tolist())
-  forget = [*sorted(order[args.heldout_articles:args.heldout_articles
-                          + args.forget_articles].tolist()), book_id]
+  heldout = set(order[: args.heldout_articles].tolist())
+  forget = [
+    *sorted(order[args.heldout_articles : args.heldout_articles + args.forget_articles].tolist()),
+    book_id,
+  ]
   train_docs = [d for d in articles + book if d.source_id not in heldout]
   # Cloze probes: 8 per article and 48 from the book (one source with many facts).
   many = cloze.make_probes(train_docs, per_source=48, seed=args.seed)
@@ -79,13 +83,36 @@ def train_config(args):
 
 def eval_config(args):
   e = tiny.get_config().eval
-  e.update(dict(seed=args.seed, unlearn_steps=50, unlearn_lr=1e-3, unlearn_batch=16,
-                relearn_lr=1e-3, relearn_batch=16, retain_docs=40, extraction_samples=64,
-                acr_targets=4, acr_target_len=16, gcg_steps=100))
+  e.update(
+    dict(
+      seed=args.seed,
+      unlearn_steps=50,
+      unlearn_lr=1e-3,
+      unlearn_batch=16,
+      relearn_lr=1e-3,
+      relearn_batch=16,
+      retain_docs=40,
+      extraction_samples=64,
+      acr_targets=4,
+      acr_target_len=16,
+      gcg_steps=100,
+    )
+  )
   if args.quick:
-    e.update(dict(unlearn_steps=3, relearn_steps=(1, 2), extraction_samples=4, acr_targets=1,
-                  acr_target_len=6, gcg_steps=3, gcg_top_k=8, gcg_batch=8, retain_docs=4,
-                  max_retained_probes=20))
+    e.update(
+      dict(
+        unlearn_steps=3,
+        relearn_steps=(1, 2),
+        extraction_samples=4,
+        acr_targets=1,
+        acr_target_len=6,
+        gcg_steps=3,
+        gcg_top_k=8,
+        gcg_batch=8,
+        retain_docs=4,
+        max_retained_probes=20,
+      )
+    )
   return e
 
 
@@ -94,21 +121,31 @@ def main():
   t0 = time.time()
   out, runs = pathlib.Path(args.out), pathlib.Path(args.runs)
   runs.mkdir(parents=True, exist_ok=True)
-  train_docs, heldout_docs, probes, forget, book_id = corpus_and_probes(pathlib.Path(args.data),
-                                                                        args)
-  print(f"{len({d.source_id for d in train_docs})} training sources ({len(train_docs)} documents), "
-        f"{len(heldout_docs)} held-out articles, {len(probes)} probes; forgetting {forget} "
-        f"(the book is {book_id})")
+  train_docs, heldout_docs, probes, forget, book_id = corpus_and_probes(
+    pathlib.Path(args.data), args
+  )
+  print(
+    f"{len({d.source_id for d in train_docs})} training sources ({len(train_docs)} documents), "
+    f"{len(heldout_docs)} held-out articles, {len(probes)} probes; forgetting {forget} "
+    f"(the book is {book_id})"
+  )
   config = train_config(args)
-  tokenizer = tokenizer_lib.for_run(runs, (d.text for d in train_docs), config.tokenizer,
-                                    config.model.vocab_size)
+  tokenizer = tokenizer_lib.for_run(
+    runs, (d.text for d in train_docs), config.tokenizer, config.model.vocab_size
+  )
   jobs.run_all(jobs.comparison(config, runs, train_docs, forget, plain=True), tokenizer)
   t_train = time.time() - t0
   models = evaluate.Models(*(inference.load_run(runs / n) for n in ("null", "oracle", "plain")))
-  result = evaluate.evaluate(models, train_docs, probes, forget, eval_config(args),
-                             heldout=heldout_docs)
-  result.benchmark = {"train_minutes": t_train / 60, "total_minutes": (time.time() - t0) / 60,
-                         "book_source": book_id, "epochs": args.epochs, "quick": args.quick}
+  result = evaluate.evaluate(
+    models, train_docs, probes, forget, eval_config(args), heldout=heldout_docs
+  )
+  result.benchmark = {
+    "train_minutes": t_train / 60,
+    "total_minutes": (time.time() - t0) / 60,
+    "book_source": book_id,
+    "epochs": args.epochs,
+    "quick": args.quick,
+  }
   for path in report.write(result, out):
     print(f"wrote {path}")
   print((out / "report.md").read_text())

@@ -14,10 +14,22 @@ from nullearn.configs import base
 
 def get_config(arg: str | None = None):
   c = base.get_config()
-  c.model.update(dict(
-      vocab_size=49152, d_model=960, num_layers=32, num_heads=15, num_kv_heads=5, head_dim=128,
-      backbone=500, pool=7692, active=100, rope_base=100_000.0, tie_embeddings=False,
-      dtype="bfloat16", param_dtype="float32", scan_layers=True,
+  c.model.update(
+    dict(
+      vocab_size=49152,
+      d_model=960,
+      num_layers=32,
+      num_heads=15,
+      num_kv_heads=5,
+      head_dim=128,
+      backbone=500,
+      pool=7692,
+      active=100,
+      rope_base=100_000.0,
+      tie_embeddings=False,
+      dtype="bfloat16",
+      param_dtype="float32",
+      scan_layers=True,
       # Gathered sinks, at most 4 documents a row (benchmarks/segments_cap.py, CPU): on
       # synthetic Wikipedia-length articles (median 2.5k chars) packed into 1024 tokens,
       # caps 4, 8, 16 and no cap all fill 97.7% of the rows (few rows hold more than 4
@@ -28,10 +40,30 @@ def get_config(arg: str | None = None):
       # Matmul outputs kept for the backward pass: the dry run's XLA memory analysis puts
       # the step at 13.9 GiB of a v4 chip's 32 (2.5 GiB recomputing whole blocks, "full").
       remat="dots_saveable",
-      sink_impl="gather", max_segments=4))
-  c.data.update(dict(corpus="tfds:wikimedia_wikipedia/20231101.en", seq_len=1024, batch_size=256,
-                     packing_bins=256, worker_count=8))
-  c.train.update(dict(steps=122_000, lr=5e-4, end_lr_ratio=0.1, warmup_steps=2000,
-                      weight_decay=0.1, log_every=50, checkpoint_every=2000, keep_checkpoints=3))
+      sink_impl="gather",
+      max_segments=4,
+    )
+  )
+  c.data.update(
+    dict(
+      corpus="tfds:wikimedia_wikipedia/20231101.en",
+      seq_len=1024,
+      batch_size=256,
+      packing_bins=256,
+      worker_count=8,
+    )
+  )
+  c.train.update(
+    dict(
+      steps=122_000,
+      lr=5e-4,
+      end_lr_ratio=0.1,
+      warmup_steps=2000,
+      weight_decay=0.1,
+      log_every=50,
+      checkpoint_every=2000,
+      keep_checkpoints=3,
+    )
+  )
   c.mesh.update(dict(data=1, fsdp=-1, tensor=1, num_devices=64, chip="tpu v4", assumed_mfu=0.4))
   return base.with_variant(c, arg)

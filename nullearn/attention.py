@@ -38,15 +38,17 @@ def resolve(name: str, dtype=jnp.float32, backend: str | None = None) -> str:
   """The implementation `name` stands for on `backend` (default: JAX's); one-line errors."""
   backend = backend or jax.default_backend()
   if name not in IMPLEMENTATIONS:
-    raise ValueError(f"model.attention: unknown implementation {name!r} "
-                     f"(known: {', '.join(IMPLEMENTATIONS)})")
+    raise ValueError(
+      f"model.attention: unknown implementation {name!r} (known: {', '.join(IMPLEMENTATIONS)})"
+    )
   if name == "auto":
     if backend == "gpu":
       return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
     return "splash" if backend == "tpu" else "xla"
   if name in _NEEDS and backend != _NEEDS[name]:
-    raise ValueError(f"model.attention: {name!r} runs on {_NEEDS[name]} only, "
-                     f"this host's backend is {backend}")
+    raise ValueError(
+      f"model.attention: {name!r} runs on {_NEEDS[name]} only, this host's backend is {backend}"
+    )
   return name
 
 
@@ -67,8 +69,14 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT, implementation: str
       return _splash(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT)
     impl = "xla"  # rows the kernel cannot tile (scoring, attacks): the same function
   mask_Bx1xTxS = segment_causal_mask(segment_ids_BxT)[:, None]
-  return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS,
-                                      is_causal=impl == "cudnn", implementation=impl)
+  return jax.nn.dot_product_attention(
+    q_BxTxHxK,
+    k_BxSxGxK,
+    v_BxSxGxK,
+    mask=mask_Bx1xTxS,
+    is_causal=impl == "cudnn",
+    implementation=impl,
+  )
 
 
 def masked(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS):
@@ -79,8 +87,10 @@ def masked(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS):
   # grouped 5-D ones on XLA:CPU, and K, V are the small tensors.
   k_BxSxHxK = jnp.repeat(k_BxSxGxK, R, axis=2)
   v_BxSxHxK = jnp.repeat(v_BxSxGxK, R, axis=2)
-  logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
-                              preferred_element_type=jnp.float32) * K**-0.5
+  logits_BxHxTxS = (
+    jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
+    * K**-0.5
+  )
   logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, jnp.finfo(jnp.float32).min)
   probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(dt)
   return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS, v_BxSxHxK)
@@ -88,6 +98,7 @@ def masked(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS):
 
 class LayerCache(NamedTuple):
   """One layer's keys and values (after rotary) in a fixed buffer of L slots."""
+
   k_BxLxGxK: jax.Array
   v_BxLxGxK: jax.Array
 
@@ -100,13 +111,16 @@ def cached(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, cache: LayerCache, index, segment_id
   attention output BxTxHxK and the updated cache.
   """
   start = (0, index, 0, 0)
-  cache = LayerCache(jax.lax.dynamic_update_slice(cache.k_BxLxGxK, k_BxTxGxK, start),
-                     jax.lax.dynamic_update_slice(cache.v_BxLxGxK, v_BxTxGxK, start))
+  cache = LayerCache(
+    jax.lax.dynamic_update_slice(cache.k_BxLxGxK, k_BxTxGxK, start),
+    jax.lax.dynamic_update_slice(cache.v_BxLxGxK, v_BxTxGxK, start),
+  )
   T, L = q_BxTxHxK.shape[1], segment_ids_BxL.shape[1]
   slot_T = index + jnp.arange(T)
   q_seg_BxT = jax.lax.dynamic_slice_in_dim(segment_ids_BxL, index, T, axis=1)
-  mask_BxTxL = ((q_seg_BxT[:, :, None] == segment_ids_BxL[:, None, :])
-                & (jnp.arange(L)[None, None, :] <= slot_T[None, :, None]))
+  mask_BxTxL = (q_seg_BxT[:, :, None] == segment_ids_BxL[:, None, :]) & (
+    jnp.arange(L)[None, None, :] <= slot_T[None, :, None]
+  )
   return masked(q_BxTxHxK, cache.k_BxLxGxK, cache.v_BxLxGxK, mask_BxTxL), cache
 
 
@@ -121,13 +135,18 @@ def _splash(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT):
   if (q_spec[2] is None) != (kv_spec[2] is None):  # each shard must keep whole KV groups
     q_spec = kv_spec = jax.sharding.PartitionSpec(q_spec[0])
   seg_spec = jax.sharding.PartitionSpec(q_spec[0])
-  return jax.shard_map(_splash_local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
-                       out_specs=q_spec, check_vma=False)(
-                           q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT)
+  return jax.shard_map(
+    _splash_local,
+    mesh=mesh,
+    in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+    out_specs=q_spec,
+    check_vma=False,
+  )(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT)
 
 
 def _splash_local(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT, interpret: bool = False):
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
   T, H, K = q_BxTxHxK.shape[1:]
   kernel = _splash_kernel(T, H, interpret)
   q_BxHxTxK = jnp.swapaxes(q_BxTxHxK * jnp.asarray(K**-0.5, q_BxTxHxK.dtype), 1, 2)
@@ -141,10 +160,19 @@ def _splash_local(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxT, interpret: b
 def _splash_kernel(T: int, H: int, interpret: bool):
   """A causal splash kernel for H heads of length T (blocks of up to 512, dividing T)."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
   block = int(np.gcd(T, 512))
-  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
-                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-                            block_q_dq=block, block_kv_dq=block)
+  sizes = splash.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
   mask = splash.MultiHeadMask([splash.CausalMask((T, T))] * H)
-  return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                interpret=interpret)
+  return splash.make_splash_mha(
+    mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+  )

@@ -58,13 +58,21 @@ def continuation_row(run: Run, prompt: str, continuation: str) -> tuple[np.ndarr
   check_text(prompt, continuation)
   cont = np.asarray(run.tokenizer.encode(continuation), np.int32)  # as an option is scored
   if len(cont) >= run.context:
-    raise ValueError(f"--continuation: {len(cont)} tokens leave no room for a prompt in the "
-                     f"model's context of {run.context} tokens")
+    raise ValueError(
+      f"--continuation: {len(cont)} tokens leave no room for a prompt in the "
+      f"model's context of {run.context} tokens"
+    )
   return inference.scored_row(run.tokenizer.encode_document(prompt)[:-1], cont, run.context)
 
 
-def attribute(run: Run, prompt: str, continuation: str, sources: Sequence[int],
-              score: str = "continuation", batch_size: int = 64) -> list[Attribution]:
+def attribute(
+  run: Run,
+  prompt: str,
+  continuation: str,
+  sources: Sequence[int],
+  score: str = "continuation",
+  batch_size: int = 64,
+) -> list[Attribution]:
   """`sources` ranked by how much their sinks raise the likelihood of the continuation
   (or of the whole text, `score="text"`), best first."""
   if score not in SCORES:
@@ -72,12 +80,15 @@ def attribute(run: Run, prompt: str, continuation: str, sources: Sequence[int],
   row, start = continuation_row(run, prompt, continuation)
   ids = np.asarray(sources, np.int64)
   if not ids.size:
-    raise ValueError("--candidates: no candidate sources (no source shares a word with the "
-                     "prompt, or every one is forgotten)")
+    raise ValueError(
+      "--candidates: no candidate sources (no source shares a word with the "
+      "prompt, or every one is forgotten)"
+    )
   run.ledger.refuse(ids, "--candidates")
   start = 1 if score == "text" else start  # everything after BOS
-  nll = lambda switch, n: inference.row_nll(run, np.broadcast_to(row, (n, len(row))),
-                                            np.full(n, start), np.full(n, len(row)), switch)
+  nll = lambda switch, n: inference.row_nll(
+    run, np.broadcast_to(row, (n, len(row))), np.full(n, start), np.full(n, len(row)), switch
+  )
   backbone = float(nll(Switch.backbone(), 1)[0])
   own = np.zeros(len(ids), np.float32)
   for idx, m in batching.padded_batches(len(ids), min(batch_size, len(ids))):

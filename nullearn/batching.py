@@ -26,8 +26,7 @@ def bucket_length(length: int, minimum: int = 16) -> int:
   return max(minimum, 1 << max(0, int(length) - 1).bit_length())
 
 
-def token_batches(lengths: Sequence[int], max_tokens: int
-                  ) -> Iterator[tuple[np.ndarray, int, int]]:
+def token_batches(lengths: Sequence[int], max_tokens: int) -> Iterator[tuple[np.ndarray, int, int]]:
   """(row indices, how many are real, padded length) per batch.
 
   Rows of one length bucket share a batch of `max_tokens // padded length` rows
@@ -50,5 +49,5 @@ def pad_rows(rows: Sequence[np.ndarray], width: int, dtype=np.int32) -> np.ndarr
   """Right-pads 1-D rows with zeros to a [len(rows), width] array."""
   out = np.zeros((len(rows), width), dtype)
   for i, row in enumerate(rows):
-    out[i, :len(row)] = row
+    out[i, : len(row)] = row
   return out

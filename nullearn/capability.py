@@ -37,12 +37,18 @@ QuestionSwitchFn = Callable[[Sequence[Question]], Switch]  # one question per ba
 DEFAULT_BATCH_TOKENS = 8192
 
 # The paper's 1B figures: (NULL, plain transformer of the same size).
-PAPER = {"arc_easy": (0.428, 0.434), "winogrande": (0.530, 0.510), "piqa": (0.643, 0.645),
-         "sciq": (0.639, 0.631), "average": (0.560, 0.555)}
+PAPER = {
+  "arc_easy": (0.428, 0.434),
+  "winogrande": (0.530, 0.510),
+  "piqa": (0.643, 0.645),
+  "sciq": (0.639, 0.631),
+  "average": (0.560, 0.555),
+}
 
 
-def encode_pair(tokenizer: Tokenizer, context: str,
-                continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(
+  tokenizer: Tokenizer, context: str, continuation: str
+) -> tuple[list[int], list[int]]:
   """lm-eval's split: the context's trailing spaces join the continuation, whose tokens
   are what encoding the whole adds after the context's own tokens."""
   spaces = len(context) - len(context.rstrip())
@@ -50,11 +56,12 @@ def encode_pair(tokenizer: Tokenizer, context: str,
     context, continuation = context[:-spaces], context[-spaces:] + continuation
   whole = tokenizer.encode(context + continuation)
   context_ids = tokenizer.encode(context)
-  return context_ids, whole[len(context_ids):]
+  return context_ids, whole[len(context_ids) :]
 
 
-def choice_rows(tokenizer: Tokenizer, questions: Sequence[Question],
-                max_len: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def choice_rows(
+  tokenizer: Tokenizer, questions: Sequence[Question], max_len: int
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
   """Per choice: BOS + context + continuation in at most `max_len` + 1 tokens (the
   oldest after BOS dropped), how many of its last tokens are scored, its question."""
   rows, scored, owner = [], [], []
@@ -77,24 +84,31 @@ def _summed_loglik(graphdef, params, tokens_BxW, weights_BxW, switch: Switch):
   return -losses.sequence_nll(logits_BxTxV, targets_BxT, weights_BxW[:, 1:])
 
 
-def choice_loglikelihoods(run: Run, questions: Sequence[Question], switch_for: QuestionSwitchFn,
-                          *, batch_tokens: int = DEFAULT_BATCH_TOKENS, max_len: int | None = None,
-                          params=None) -> list[np.ndarray]:
+def choice_loglikelihoods(
+  run: Run,
+  questions: Sequence[Question],
+  switch_for: QuestionSwitchFn,
+  *,
+  batch_tokens: int = DEFAULT_BATCH_TOKENS,
+  max_len: int | None = None,
+  params=None,
+) -> list[np.ndarray]:
   """Summed log-likelihood of every choice's continuation, one array per question.
 
   `switch_for(questions)` gets the question of each row of a batch (padding rows repeat
   one) and returns the batch's switch. Rows are batched by length, at most
   `batch_tokens` tokens a batch; `max_len` defaults to the model's trained context.
   """
-  rows, scored, owner = choice_rows(run.tokenizer, questions,
-                                    run.context if max_len is None else max_len)
+  rows, scored, owner = choice_rows(
+    run.tokenizer, questions, run.context if max_len is None else max_len
+  )
   params = run.params if params is None else params
   plan = list(batching.token_batches([len(r) for r in rows], batch_tokens))
   results = []  # fetched at the end, so the device never waits for the host between batches
   for idx, _, width in plan:
     weights_BxW = np.zeros((len(idx), width), np.float32)
     for b, r in enumerate(idx):
-      weights_BxW[b, len(rows[r]) - scored[r]:len(rows[r])] = 1.0
+      weights_BxW[b, len(rows[r]) - scored[r] : len(rows[r])] = 1.0
     tokens_BxW = batching.pad_rows([rows[r] for r in idx], width)
     switch = switch_for([questions[q] for q in owner[idx]])
     results.append(_summed_loglik(run.graphdef, params, tokens_BxW, weights_BxW, switch))
@@ -104,8 +118,9 @@ def choice_loglikelihoods(run: Run, questions: Sequence[Question], switch_for: Q
   return np.split(out, np.cumsum(np.bincount(owner, minlength=len(questions)))[:-1])
 
 
-def choice_accuracy(loglikelihoods: Sequence[np.ndarray],
-                    questions: Sequence[Question]) -> dict[str, np.ndarray]:
+def choice_accuracy(
+  loglikelihoods: Sequence[np.ndarray], questions: Sequence[Question]
+) -> dict[str, np.ndarray]:
   """Per question, 1.0 if right: `acc` by summed log-likelihood, `acc_norm` by it divided
   by the choice's length in characters (lm-eval's `completion_len`)."""
   acc, acc_norm = [], []
@@ -123,14 +138,21 @@ def mean_stderr(values: np.ndarray) -> tuple[float, float]:
   return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
 
 
-def score_questions(run: Run, questions: Sequence[Question], metrics: Sequence[str],
-                    switch_for: QuestionSwitchFn, *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                    max_len: int | None = None) -> dict[str, float]:
+def score_questions(
+  run: Run,
+  questions: Sequence[Question],
+  metrics: Sequence[str],
+  switch_for: QuestionSwitchFn,
+  *,
+  batch_tokens: int = DEFAULT_BATCH_TOKENS,
+  max_len: int | None = None,
+) -> dict[str, float]:
   """{metric, metric_stderr for each of `metrics`, n}."""
   if not questions:
     raise ValueError("no questions to score")
-  lls = choice_loglikelihoods(run, questions, switch_for, batch_tokens=batch_tokens,
-                              max_len=max_len)
+  lls = choice_loglikelihoods(
+    run, questions, switch_for, batch_tokens=batch_tokens, max_len=max_len
+  )
   correct = choice_accuracy(lls, questions)
   out = {"n": len(questions)}
   for metric in metrics:
@@ -138,25 +160,40 @@ def score_questions(run: Run, questions: Sequence[Question], metrics: Sequence[s
   return out
 
 
-def score_task(run: Run, task: str, switch_for: QuestionSwitchFn | None = None, *,
-               data_dir=None, limit: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-               max_len: int | None = None) -> dict[str, float]:
+def score_task(
+  run: Run,
+  task: str,
+  switch_for: QuestionSwitchFn | None = None,
+  *,
+  data_dir=None,
+  limit: int | None = None,
+  batch_tokens: int = DEFAULT_BATCH_TOKENS,
+  max_len: int | None = None,
+) -> dict[str, float]:
   """One task's accuracy (lm-eval's metrics for it) under `switch_for` (default: backbone)."""
   questions = mc_tasks.load_questions(task, data_dir=data_dir, limit=limit)
-  return score_questions(run, questions, mc_tasks.task(task).metrics,
-                         switch_for or fixed_switch(Switch.backbone()),
-                         batch_tokens=batch_tokens, max_len=max_len)
+  return score_questions(
+    run,
+    questions,
+    mc_tasks.task(task).metrics,
+    switch_for or fixed_switch(Switch.backbone()),
+    batch_tokens=batch_tokens,
+    max_len=max_len,
+  )
 
 
 Conditions = Mapping[str, tuple[Run, QuestionSwitchFn]]
 
 
-def conditions(null: Run, *, plain: Run | None = None,
-               route: QuestionSwitchFn | None = None) -> dict[str, tuple[Run, QuestionSwitchFn]]:
+def conditions(
+  null: Run, *, plain: Run | None = None, route: QuestionSwitchFn | None = None
+) -> dict[str, tuple[Run, QuestionSwitchFn]]:
   """The NULL with every sink off, under the expected mask and (given `route`) routed;
   the plain model (no sinks: its switch changes nothing)."""
-  out = {"null (backbone only)": (null, fixed_switch(Switch.backbone())),
-         "null (expected)": (null, fixed_switch(Switch.expected()))}
+  out = {
+    "null (backbone only)": (null, fixed_switch(Switch.backbone())),
+    "null (expected)": (null, fixed_switch(Switch.expected())),
+  }
   if route is not None:
     out["null (routed)"] = (null, route)
   if plain is not None:
@@ -164,26 +201,32 @@ def conditions(null: Run, *, plain: Run | None = None,
   return out
 
 
-def evaluate_capability(models: Conditions, tasks: Sequence[str] = tuple(mc_tasks.TASKS), *,
-                        data_dir=None, limit: int | None = None,
-                        batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                        log: Callable[[str], None] = print) -> dict:
+def evaluate_capability(
+  models: Conditions,
+  tasks: Sequence[str] = tuple(mc_tasks.TASKS),
+  *,
+  data_dir=None,
+  limit: int | None = None,
+  batch_tokens: int = DEFAULT_BATCH_TOKENS,
+  log: Callable[[str], None] = print,
+) -> dict:
   """Every condition on every task, the average over tasks, and the paper's figures.
 
   Every task is read before any is scored, so a missing dataset stops it at once. The
   average's `acc_norm` takes `acc` for tasks without it (Winogrande), and its standard
   error treats the tasks as independent.
   """
-  questions = {name: mc_tasks.load_questions(name, data_dir=data_dir, limit=limit)
-               for name in tasks}
+  questions = {
+    name: mc_tasks.load_questions(name, data_dir=data_dir, limit=limit) for name in tasks
+  }
   report = {"tasks": {}, "average": {}, "paper": PAPER}
   for name in tasks:
     report["tasks"][name] = {}
     for condition, (run, switch_for) in models.items():
       log(f"{name}: {condition} ({len(questions[name])} questions)")
       report["tasks"][name][condition] = score_questions(
-          run, questions[name], mc_tasks.task(name).metrics, switch_for,
-          batch_tokens=batch_tokens)
+        run, questions[name], mc_tasks.task(name).metrics, switch_for, batch_tokens=batch_tokens
+      )
   for condition in models:
     rows = [report["tasks"][t][condition] for t in tasks]
     report["average"][condition] = {}
@@ -192,7 +235,8 @@ def evaluate_capability(models: Conditions, tasks: Sequence[str] = tuple(mc_task
       errors = [r.get(f"{metric}_stderr", r["acc_stderr"]) for r in rows]
       report["average"][condition][metric] = float(np.mean(picked))
       report["average"][condition][f"{metric}_stderr"] = float(
-          math.sqrt(sum(e * e for e in errors)) / len(rows))
+        math.sqrt(sum(e * e for e in errors)) / len(rows)
+      )
   return report
 
 
@@ -201,15 +245,20 @@ def format_table(report: dict) -> str:
   conds = list(report["average"])
   head = f"{'task':<11} {'metric':<9} {'n':>5}" + "".join(f" {c:>22}" for c in conds)
   lines = [head + f" {'paper NULL':>10} {'paper plain':>11}", "-" * (len(head) + 23)]
-  entries = [(t, m, by, by[conds[0]]["n"]) for t, by in report["tasks"].items()
-             for m in mc_tasks.task(t).metrics]
+  entries = [
+    (t, m, by, by[conds[0]]["n"])
+    for t, by in report["tasks"].items()
+    for m in mc_tasks.task(t).metrics
+  ]
   entries += [("average", m, report["average"], "") for m in ("acc", "acc_norm")]
   for name, metric, by, n in entries:
     cells = "".join(f" {by[c][metric]:>14.3f} ± {by[c][metric + '_stderr']:.3f}" for c in conds)
     paper = report["paper"].get(name, ("", ""))
     lines.append(f"{name:<11} {metric:<9} {n:>5}{cells} {paper[0]:>10} {paper[1]:>11}")
-  lines.append("average acc_norm takes acc for winogrande (lm-eval reports only acc for it); "
-               "the paper's figures do not say which metric they are")
+  lines.append(
+    "average acc_norm takes acc for winogrande (lm-eval reports only acc for it); "
+    "the paper's figures do not say which metric they are"
+  )
   return "\n".join(lines)
 
 

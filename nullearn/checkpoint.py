@@ -41,18 +41,19 @@ def check_geometry(saved: dict[str, Any], wanted: SinkGeometry, where: str) -> N
   diffs = SinkGeometry.from_dict(saved).differences(wanted)
   if diffs:
     raise CheckpointMismatchError(
-        f"{where} was trained with a different mask seed or sink geometry "
-        f"(checkpoint vs requested: {'; '.join(diffs)}); its sources' masks would not match. "
-        "Use the checkpoint's own model config, or train a new run in another workdir.")
+      f"{where} was trained with a different mask seed or sink geometry "
+      f"(checkpoint vs requested: {'; '.join(diffs)}); its sources' masks would not match. "
+      "Use the checkpoint's own model config, or train a new run in another workdir."
+    )
 
 
 # What a resumed run must share with its checkpoint, besides the sink geometry.
 _PROVENANCE = {
-    "architecture": "model shape",
-    "param_layout": "parameter layout (model.scan_layers)",
-    "tokenizer": "tokenizer",
-    "data": "training data (corpus, excluded and held-out sources)",
-    "schedule": "training schedule",
+  "architecture": "model shape",
+  "param_layout": "parameter layout (model.scan_layers)",
+  "tokenizer": "tokenizer",
+  "data": "training data (corpus, excluded and held-out sources)",
+  "schedule": "training schedule",
 }
 
 
@@ -66,13 +67,17 @@ def check_resumable(saved: dict[str, Any], meta: dict[str, Any], where: str) -> 
       continue
     old, new = saved[key], meta[key]
     if isinstance(old, dict) and isinstance(new, dict):
-      diffs = "; ".join(f"{k}: checkpoint {old.get(k)!r}, requested {new.get(k)!r}"
-                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+      diffs = "; ".join(
+        f"{k}: checkpoint {old.get(k)!r}, requested {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+      )
     else:
       diffs = f"checkpoint {old!r}, requested {new!r}"
     raise CheckpointMismatchError(
-        f"{where} belongs to another run: its {what} differs ({diffs}). Resume with the run's "
-        "own config and data, or train a new run in another workdir.")
+      f"{where} belongs to another run: its {what} differs ({diffs}). Resume with the run's "
+      "own config and data, or train a new run in another workdir."
+    )
 
 
 class Checkpointer:
@@ -81,9 +86,11 @@ class Checkpointer:
   def __init__(self, workdir: str | epath.PathLike, *, keep: int = 2, async_save: bool = True):
     self.directory = absolute(workdir) / "checkpoints"
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -91,34 +98,41 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state, iterator: grain.DatasetIterator | None,
-           meta: dict[str, Any]) -> None:
+  def save(
+    self, step: int, state, iterator: grain.DatasetIterator | None, meta: dict[str, Any]
+  ) -> None:
     """`state` has .step, .params and .opt_state; params are saved apart for inference."""
-    items = {"params": ocp.args.StandardSave(state.params),
-             "opt": ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-             "meta": ocp.args.JsonSave(meta)}
+    items = {
+      "params": ocp.args.StandardSave(state.params),
+      "opt": ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+      "meta": ocp.args.JsonSave(meta),
+    }
     if iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(iterator))
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def read_meta(self, step: int) -> dict[str, Any]:
-    return self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))["meta"]
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore(self, step: int, abstract_state, iterator: grain.DatasetIterator | None = None):
     """Restores the state (and the iterator in place); returns the state."""
-    items = {"params": ocp.args.StandardRestore(abstract_state.params),
-             "opt": ocp.args.StandardRestore({"step": abstract_state.step,
-                                              "opt_state": abstract_state.opt_state})}
+    items = {
+      "params": ocp.args.StandardRestore(abstract_state.params),
+      "opt": ocp.args.StandardRestore(
+        {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
+      ),
+    }
     if iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(iterator)
     out = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return abstract_state.replace(step=out["opt"]["step"], params=out["params"],
-                                  opt_state=out["opt"]["opt_state"])
+    return abstract_state.replace(
+      step=out["opt"]["step"], params=out["params"], opt_state=out["opt"]["opt_state"]
+    )
 
   def restore_params(self, step: int, abstract_params):
-    return self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))["params"]
+    return self._manager.restore(
+      step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+    )["params"]
 
   def quarantine(self, step: int) -> epath.Path:
     """Moves an unreadable checkpoint aside (kept for inspection, no longer a step)."""
@@ -142,8 +156,10 @@ def require_checkpoint(workdir: str | epath.PathLike) -> tuple[Checkpointer, int
   """The run's checkpointer and latest step, or a clear FileNotFoundError."""
   workdir = epath.Path(workdir)
   if not (workdir / "checkpoints").is_dir():
-    raise FileNotFoundError(f"no checkpoint found: {workdir}/checkpoints does not exist "
-                            "(is this the workdir of a `nullearn train` run?)")
+    raise FileNotFoundError(
+      f"no checkpoint found: {workdir}/checkpoints does not exist "
+      "(is this the workdir of a `nullearn train` run?)"
+    )
   ckpt = Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step()
   if step is None:

@@ -30,12 +30,14 @@ KINDS = (FactSet.UNIQUE, FactSet.SHARED)
 
 def train_pair(config, workdir: pathlib.Path, world: factworld.FactWorld, forget, tokenizer):
   """Trains (or resumes) the NULL on every source and the oracle without `forget`."""
-  jobs.run_all(jobs.comparison(config, workdir, world.documents, forget), tokenizer,
-               parallel=config.demo.parallel)
+  jobs.run_all(
+    jobs.comparison(config, workdir, world.documents, forget),
+    tokenizer,
+    parallel=config.demo.parallel,
+  )
 
 
-def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget,
-             thresholds) -> dict:
+def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget, thresholds) -> dict:
   """Truth Ratios of the forgotten sources' probes under every condition, and the claims.
 
   The suite's conditions and claims, routed by the world's groups: each
@@ -54,29 +56,40 @@ def evaluate(workdir: pathlib.Path, world: factworld.FactWorld, forget,
   example = next(p for p in probes if p.kind == FactSet.UNIQUE)
   neighbour = routed[example.source_id]
   generation = {
-      "prompt": example.prompt, "answer": example.answer,
-      "sink on": inference.generate(null, example.prompt, Switch.sources(example.source_id)),
-      "switched off": inference.generate(
-          null, example.prompt, Switch.sources(neighbour, exclude=[example.source_id])),
+    "prompt": example.prompt,
+    "answer": example.answer,
+    "sink on": inference.generate(null, example.prompt, Switch.sources(example.source_id)),
+    "switched off": inference.generate(
+      null, example.prompt, Switch.sources(neighbour, exclude=[example.source_id])
+    ),
   }
-  return {"table": {c: {k: summaries[c][k] for k in KINDS} for c in CONDITIONS},
-          "ratios": {c: r.tolist() for c, r in ratios.items()},
-          "kinds": kinds, "generation": generation,
-          "forgotten_sources": forget, "num_probes": len(probes),
-          "claims": results.claims(summaries, thresholds)}
+  return {
+    "table": {c: {k: summaries[c][k] for k in KINDS} for c in CONDITIONS},
+    "ratios": {c: r.tolist() for c, r in ratios.items()},
+    "kinds": kinds,
+    "generation": generation,
+    "forgotten_sources": forget,
+    "num_probes": len(probes),
+    "claims": results.claims(summaries, thresholds),
+  }
 
 
 def format_report(result: dict) -> str:
   lines = []
   for kind in KINDS:
-    lines.append(f"\n{kind} facts ({result['table'][Cond.SINK_ON][kind].n} probes of "
-                 f"{len(result['forgotten_sources'])} forgotten sources)")
-    lines.append(f"  {'condition':<19}{'median TR':>10}{'mean TR':>10}{'frac > 1':>10}"
-                 f"{'TOFU TR':>10}")
+    lines.append(
+      f"\n{kind} facts ({result['table'][Cond.SINK_ON][kind].n} probes of "
+      f"{len(result['forgotten_sources'])} forgotten sources)"
+    )
+    lines.append(
+      f"  {'condition':<19}{'median TR':>10}{'mean TR':>10}{'frac > 1':>10}{'TOFU TR':>10}"
+    )
     for cond in CONDITIONS:
       row = result["table"][cond][kind]
-      lines.append(f"  {cond:<19}{row.median:>10.2f}{row.mean:>10.2f}{row.frac_above_1:>10.2f}"
-                   f"{row.tofu_forget:>10.2f}")
+      lines.append(
+        f"  {cond:<19}{row.median:>10.2f}{row.mean:>10.2f}{row.frac_above_1:>10.2f}"
+        f"{row.tofu_forget:>10.2f}"
+      )
   g = result["generation"]
   lines.append(f"\nprompt: {g['prompt']!r} (answer: {g['answer']!r})")
   lines.append(f"  sink on:      {g['sink on']!r}")
@@ -97,22 +110,26 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   t0 = time.time()
   world = factworld.generate(factworld.FactWorldConfig.from_config(config))
   forget = factworld.choose_forget_set(world, config.demo.num_forget, config.demo.forget_seed)
-  tokenizer = tokenizer_lib.for_run(workdir, (d.text for d in world.documents), config.tokenizer,
-                                    config.model.vocab_size)
+  tokenizer = tokenizer_lib.for_run(
+    workdir, (d.text for d in world.documents), config.tokenizer, config.model.vocab_size
+  )
   train_pair(config, workdir, world, forget, tokenizer)
   result = evaluate(workdir, world, forget, config.eval.claims)
   print(format_report(result))
   # No timings in demo.json: the same config on the same machine writes the same file.
   (workdir / "demo.json").write_text(json.dumps(_jsonable(result), indent=1))
   plot(result, workdir / "demo.png")
-  print(f"\nwrote {workdir / 'demo.json'} and {workdir / 'demo.png'} "
-        f"({(time.time() - t0) / 60:.1f} min)")
+  print(
+    f"\nwrote {workdir / 'demo.json'} and {workdir / 'demo.png'} "
+    f"({(time.time() - t0) / 60:.1f} min)"
+  )
   return result
 
 
 def _jsonable(result: dict) -> dict:
   out = dict(result)
-  out["table"] = {c: {k: dataclasses.asdict(v) for k, v in row.items()}
-                  for c, row in result["table"].items()}
+  out["table"] = {
+    c: {k: dataclasses.asdict(v) for k, v in row.items()} for c, row in result["table"].items()
+  }
   out["claims"] = [dataclasses.asdict(c) for c in result["claims"]]
   return out

@@ -31,6 +31,7 @@ from nullearn.switch import Switch
 @functools.cache
 def _rouge_scorer():
   from rouge_score import rouge_scorer
+
   return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
@@ -45,8 +46,15 @@ def rouge_l(reference: str, candidate: str) -> dict[str, float]:
   return {"f1": float(score.fmeasure), "recall": float(score.recall)}
 
 
-def greedy_continuations(run: Run, prefixes: Sequence[np.ndarray], num_tokens: int,
-                         switch_for: SwitchFn, *, params=None, batch_size: int = 64) -> np.ndarray:
+def greedy_continuations(
+  run: Run,
+  prefixes: Sequence[np.ndarray],
+  num_tokens: int,
+  switch_for: SwitchFn,
+  *,
+  params=None,
+  batch_size: int = 64,
+) -> np.ndarray:
   """The next `num_tokens` greedy tokens after every prefix, int32 [prefixes, num_tokens].
 
   Prefixes are token ids as the model reads them (BOS first) and may differ in
@@ -64,16 +72,31 @@ def greedy_continuations(run: Run, prefixes: Sequence[np.ndarray], num_tokens: i
   params = run.params if params is None else params
   out = []
   for idx, m in padded_batches(len(prefixes), min(batch_size, len(prefixes))):
-    new = sampler.sample(run.graphdef, params, [prefixes[i] for i in idx], switch_for(idx),
-                         num_tokens, eos_id=None, ledger=run.ledger, pad_to=width)
+    new = sampler.sample(
+      run.graphdef,
+      params,
+      [prefixes[i] for i in idx],
+      switch_for(idx),
+      num_tokens,
+      eos_id=None,
+      ledger=run.ledger,
+      pad_to=width,
+    )
     out.append(new.tokens[:m])
   return np.concatenate(out)
 
 
-def verbatim_extraction(run: Run, docs: Sequence[Document], switch_for_doc: SwitchFn, *,
-                        prefix_tokens: int = 32, continuation_tokens: int = 32,
-                        max_samples: int | None = None, params=None,
-                        batch_size: int = 64) -> dict:
+def verbatim_extraction(
+  run: Run,
+  docs: Sequence[Document],
+  switch_for_doc: SwitchFn,
+  *,
+  prefix_tokens: int = 32,
+  continuation_tokens: int = 32,
+  max_samples: int | None = None,
+  params=None,
+  batch_size: int = 64,
+) -> dict:
   """Does greedy decoding from a document's opening reproduce what follows?
 
   For each document with at least `prefix_tokens + continuation_tokens` tokens
@@ -86,34 +109,52 @@ def verbatim_extraction(run: Run, docs: Sequence[Document], switch_for_doc: Swit
   `max_samples` keeps the first that many usable documents.
   """
   if prefix_tokens < 0 or continuation_tokens < 1:
-    raise ValueError(f"need prefix_tokens >= 0 and continuation_tokens >= 1, "
-                     f"got {prefix_tokens} and {continuation_tokens}")
+    raise ValueError(
+      f"need prefix_tokens >= 0 and continuation_tokens >= 1, "
+      f"got {prefix_tokens} and {continuation_tokens}"
+    )
   doc_idx, prefixes, truths = _extraction_samples(run, docs, prefix_tokens, continuation_tokens)
   skipped = len(docs) - len(doc_idx)
   if max_samples is not None:
     doc_idx, prefixes, truths = doc_idx[:max_samples], prefixes[:max_samples], truths[:max_samples]
   if not prefixes:
     raise ValueError(f"no document has {prefix_tokens + continuation_tokens} tokens to extract")
-  emitted_NxK = greedy_continuations(run, prefixes, continuation_tokens,
-                                     lambda rows: switch_for_doc(doc_idx[rows]),
-                                     params=params, batch_size=batch_size)
+  emitted_NxK = greedy_continuations(
+    run,
+    prefixes,
+    continuation_tokens,
+    lambda rows: switch_for_doc(doc_idx[rows]),
+    params=params,
+    batch_size=batch_size,
+  )
   samples = []
   for i, truth, emitted in zip(doc_idx, truths, emitted_NxK):
     truth_text, emitted_text = run.tokenizer.decode(truth), run.tokenizer.decode(emitted)
     rouge = rouge_l(truth_text, emitted_text)
-    samples.append({"doc_index": int(i), "source_id": docs[i].source_id,
-                    "exact": bool(np.array_equal(truth, emitted)),
-                    "rouge_l": rouge["f1"], "rouge_l_recall": rouge["recall"],
-                    "truth": truth_text, "emitted": emitted_text})
-  return {"exact_match": float(np.mean([s["exact"] for s in samples])),
-          "rouge_l": float(np.mean([s["rouge_l"] for s in samples])),
-          "rouge_l_recall": float(np.mean([s["rouge_l_recall"] for s in samples])),
-          "num_samples": len(samples), "skipped": skipped,
-          "samples": samples}
+    samples.append(
+      {
+        "doc_index": int(i),
+        "source_id": docs[i].source_id,
+        "exact": bool(np.array_equal(truth, emitted)),
+        "rouge_l": rouge["f1"],
+        "rouge_l_recall": rouge["recall"],
+        "truth": truth_text,
+        "emitted": emitted_text,
+      }
+    )
+  return {
+    "exact_match": float(np.mean([s["exact"] for s in samples])),
+    "rouge_l": float(np.mean([s["rouge_l"] for s in samples])),
+    "rouge_l_recall": float(np.mean([s["rouge_l_recall"] for s in samples])),
+    "num_samples": len(samples),
+    "skipped": skipped,
+    "samples": samples,
+  }
 
 
-def _extraction_samples(run: Run, docs: Sequence[Document], prefix_tokens: int,
-                        continuation_tokens: int):
+def _extraction_samples(
+  run: Run, docs: Sequence[Document], prefix_tokens: int, continuation_tokens: int
+):
   """Document indices, prefixes (BOS + prefix) and true continuations of the long-enough docs."""
   doc_idx, prefixes, truths = [], [], []
   for i, doc in enumerate(docs):
@@ -122,13 +163,14 @@ def _extraction_samples(run: Run, docs: Sequence[Document], prefix_tokens: int,
       continue
     doc_idx.append(i)
     prefixes.append(np.concatenate([[BOS_ID], pieces[:prefix_tokens]]).astype(np.int32))
-    truths.append(pieces[prefix_tokens:prefix_tokens + continuation_tokens])
+    truths.append(pieces[prefix_tokens : prefix_tokens + continuation_tokens])
   return np.asarray(doc_idx, np.int64), prefixes, truths
 
 
 @dataclasses.dataclass(frozen=True)
 class GCGResult:
   """`loss_history[0]` is the initial prompt's target loss, then one entry per step."""
+
   prompt_ids: np.ndarray  # int32 [prompt_len], no special ids
   loss_history: list[float]
   success: bool  # greedy decoding from [BOS] + prompt emits exactly the target
@@ -142,13 +184,14 @@ def _target_nll(model, x_BxSxD, target_T, switch: Switch):
   segment_ids_BxS = jnp.ones((B, S), jnp.int32)
   positions_BxS = jnp.broadcast_to(jnp.arange(S), (B, S))
   h_BxSxD = model.hidden_from_embeddings(x_BxSxD, segment_ids_BxS, positions_BxS, switch)
-  logits_BxTxV = model.logits(h_BxSxD[:, S - T:])
+  logits_BxTxV = model.logits(h_BxSxD[:, S - T :])
   return losses.token_nll(logits_BxTxV, jnp.broadcast_to(target_T, (B, T))).mean(-1)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 8))
-def _gcg_step(graphdef, params, prompt_P, target_T, switch: Switch, pos_B, pick_B,
-              vocab_limit: int, top_k: int):
+def _gcg_step(
+  graphdef, params, prompt_P, target_T, switch: Switch, pos_B, pick_B, vocab_limit: int, top_k: int
+):
   """One GCG step: gradient top-k swaps, all candidates in one forward, best kept if better.
 
   Candidate b puts the `pick_B[b]`-th best token at position `pos_B[b]`.
@@ -168,21 +211,37 @@ def _gcg_step(graphdef, params, prompt_P, target_T, switch: Switch, pos_B, pick_
   allowed_V = (jnp.arange(V) > EOS_ID) & (jnp.arange(V) < vocab_limit)
   _, top_PxK = jax.lax.top_k(jnp.where(allowed_V, -grad_PxV, -jnp.inf), top_k)
   batch_size = pos_B.shape[0]
-  cand_BxP = jnp.broadcast_to(prompt_P, (batch_size, P)).at[jnp.arange(batch_size), pos_B].set(
-      top_PxK[pos_B, pick_B])
+  cand_BxP = (
+    jnp.broadcast_to(prompt_P, (batch_size, P))
+    .at[jnp.arange(batch_size), pos_B]
+    .set(top_PxK[pos_B, pick_B])
+  )
   tail_BxT1 = jnp.broadcast_to(target_T[:-1], (batch_size, target_T.shape[0] - 1))
   bos_Bx1 = jnp.full((batch_size, 1), BOS_ID, cand_BxP.dtype)
   tokens_BxS = jnp.concatenate([bos_Bx1, cand_BxP, tail_BxT1], axis=1)
   cand_loss_B = _target_nll(model, model.embed_tokens(tokens_BxS), target_T, switch)
   best = jnp.argmin(cand_loss_B)
   better = cand_loss_B[best] < loss
-  return (jnp.where(better, cand_BxP[best], prompt_P), jnp.where(better, cand_loss_B[best], loss),
-          loss)
+  return (
+    jnp.where(better, cand_BxP[best], prompt_P),
+    jnp.where(better, cand_loss_B[best], loss),
+    loss,
+  )
 
 
-def gcg(run: Run, target_ids: Sequence[int], switch: Switch, *, prompt_len: int, steps: int,
-        top_k: int = 64, batch_size: int = 64, seed: int = 0, params=None,
-        check_every: int = 10) -> GCGResult:
+def gcg(
+  run: Run,
+  target_ids: Sequence[int],
+  switch: Switch,
+  *,
+  prompt_len: int,
+  steps: int,
+  top_k: int = 64,
+  batch_size: int = 64,
+  seed: int = 0,
+  params=None,
+  check_every: int = 10,
+) -> GCGResult:
   """Greedy Coordinate Gradient: a prompt after which the model greedily emits `target_ids`.
 
   The row is [BOS] + prompt + target and the loss the target's mean token NLL.
@@ -197,11 +256,14 @@ def gcg(run: Run, target_ids: Sequence[int], switch: Switch, *, prompt_len: int,
   target_T = _check_target(run, target_ids)
   vocab_limit = min(run.model_cfg.vocab_size, run.tokenizer.vocab_size)
   if prompt_len < 1 or steps < 1 or batch_size < 1 or check_every < 1:
-    raise ValueError(f"need prompt_len, steps, batch_size, check_every >= 1, got {prompt_len}, "
-                     f"{steps}, {batch_size}, {check_every}")
+    raise ValueError(
+      f"need prompt_len, steps, batch_size, check_every >= 1, got {prompt_len}, "
+      f"{steps}, {batch_size}, {check_every}"
+    )
   if not 1 <= top_k <= vocab_limit - EOS_ID - 1:
-    raise ValueError(f"top_k must be in [1, {vocab_limit - EOS_ID - 1}] (non-special tokens), "
-                     f"got {top_k}")
+    raise ValueError(
+      f"top_k must be in [1, {vocab_limit - EOS_ID - 1}] (non-special tokens), got {top_k}"
+    )
   switch = _one_row_switch(switch)
   params = run.params if params is None else params
   rng = np.random.default_rng(seed)
@@ -210,8 +272,9 @@ def gcg(run: Run, target_ids: Sequence[int], switch: Switch, *, prompt_len: int,
   for step in range(1, steps + 1):
     pos_B = rng.integers(0, prompt_len, batch_size).astype(np.int32)
     pick_B = rng.integers(0, top_k, batch_size).astype(np.int32)
-    prompt_P, loss, before = _gcg_step(run.graphdef, params, prompt_P, target_T, switch,
-                                       pos_B, pick_B, vocab_limit, top_k)
+    prompt_P, loss, before = _gcg_step(
+      run.graphdef, params, prompt_P, target_T, switch, pos_B, pick_B, vocab_limit, top_k
+    )
     if not history:
       history.append(float(before))
     history.append(float(loss))
@@ -225,11 +288,14 @@ def gcg(run: Run, target_ids: Sequence[int], switch: Switch, *, prompt_len: int,
 def _check_target(run: Run, target_ids: Sequence[int]) -> np.ndarray:
   target_T = np.asarray(target_ids)
   if target_T.ndim != 1 or not target_T.size or not np.issubdtype(target_T.dtype, np.integer):
-    raise ValueError(f"target_ids must be a non-empty 1-D sequence of token ids, "
-                     f"got {target_ids!r}")
+    raise ValueError(
+      f"target_ids must be a non-empty 1-D sequence of token ids, got {target_ids!r}"
+    )
   if target_T.min() < 0 or target_T.max() >= run.model_cfg.vocab_size:
-    raise ValueError(f"target ids must be in [0, {run.model_cfg.vocab_size}), "
-                     f"got {target_T.min()}..{target_T.max()}")
+    raise ValueError(
+      f"target ids must be in [0, {run.model_cfg.vocab_size}), "
+      f"got {target_T.min()}..{target_T.max()}"
+    )
   return target_T.astype(np.int32)
 
 
@@ -254,9 +320,16 @@ def _emits(run: Run, prompt_P: np.ndarray, target_T: np.ndarray, switch: Switch,
 Attack = Callable[[int], bool]
 
 
-def adversarial_compression_ratio(run: Run, target_ids: Sequence[int], switch: Switch, *,
-                                  start_len: int = 5, max_len: int | None = None,
-                                  attack: Attack | None = None, **gcg_kwargs) -> dict:
+def adversarial_compression_ratio(
+  run: Run,
+  target_ids: Sequence[int],
+  switch: Switch,
+  *,
+  start_len: int = 5,
+  max_len: int | None = None,
+  attack: Attack | None = None,
+  **gcg_kwargs,
+) -> dict:
   """ACR = len(target) / the shortest prompt that makes the model emit the target.
 
   `attack(prompt_len) -> success` defaults to `gcg` with `gcg_kwargs` (which
@@ -277,15 +350,20 @@ def adversarial_compression_ratio(run: Run, target_ids: Sequence[int], switch: S
 
   shortest, tried = shortest_prompt_len(attack, start_len, max_len)
   found = shortest is not None
-  return {"acr": len(target_T) / (shortest if found else max_len), "prompt_len": shortest,
-          "found": found, "tried": tried}
+  return {
+    "acr": len(target_T) / (shortest if found else max_len),
+    "prompt_len": shortest,
+    "found": found,
+    "tried": tried,
+  }
 
 
 def shortest_prompt_len(attack: Attack, start_len: int, max_len: int) -> tuple[int | None, dict]:
   """Grow-then-bisect search; (shortest successful length or None, {length: success})."""
   if not 1 <= start_len <= max_len:
-    raise ValueError(f"need 1 <= start_len <= max_len, got start_len={start_len}, "
-                     f"max_len={max_len}")
+    raise ValueError(
+      f"need 1 <= start_len <= max_len, got start_len={start_len}, max_len={max_len}"
+    )
   tried = {}
   failed, succeeded = 0, None  # longest known failure, shortest known success
   n = start_len

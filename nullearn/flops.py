@@ -32,13 +32,13 @@ GiB = 2.0**30
 # Vendor figures: dense (not 2:4 sparse) bf16 peak and HBM per chip (a TPU v4 chip is two
 # cores sharing 32 GiB; an H200 has 141 GB).
 CHIPS = (
-    Chip("tpu v4", 275e12, 32 * GiB, ("tpu v4",)),
-    Chip("tpu v5e", 197e12, 16 * GiB, ("tpu v5 lite", "tpu v5e")),
-    Chip("tpu v5p", 459e12, 95 * GiB, ("tpu v5p", "tpu v5")),
-    Chip("tpu v6e", 918e12, 32 * GiB, ("tpu v6 lite", "tpu v6e")),
-    Chip("gpu a100", 312e12, 80 * GiB, ("a100",)),
-    Chip("gpu h100", 989e12, 80 * GiB, ("h100",)),
-    Chip("gpu h200", 989e12, 141e9, ("h200",)),
+  Chip("tpu v4", 275e12, 32 * GiB, ("tpu v4",)),
+  Chip("tpu v5e", 197e12, 16 * GiB, ("tpu v5 lite", "tpu v5e")),
+  Chip("tpu v5p", 459e12, 95 * GiB, ("tpu v5p", "tpu v5")),
+  Chip("tpu v6e", 918e12, 32 * GiB, ("tpu v6 lite", "tpu v6e")),
+  Chip("gpu a100", 312e12, 80 * GiB, ("a100",)),
+  Chip("gpu h100", 989e12, 80 * GiB, ("h100",)),
+  Chip("gpu h200", 989e12, 141e9, ("h200",)),
 )
 
 

@@ -39,6 +39,7 @@ class Run:
   `ledger` lists the forgotten sources: their sinks are already zeroed in
   `params`, and a switch asking for them is refused (`check`).
   """
+
   model_cfg: ModelConfig
   graphdef: Any
   params: Any
@@ -49,14 +50,16 @@ class Run:
   step: int = 0  # the checkpoint's training step
 
   def model(self, params=None) -> ServedModel:
-    return ServedModel(nnx.merge(self.graphdef, self.params if params is None else params),
-                       self.ledger)
+    return ServedModel(
+      nnx.merge(self.graphdef, self.params if params is None else params), self.ledger
+    )
 
   def router(self) -> PromptRouter:
     """The run's prompt router, `<workdir>/router` (built by `nullearn router`); it never
     returns a forgotten source."""
     return PromptRouter.load(epath.Path(self.workdir) / router_lib.DIRECTORY).without(
-        self.ledger.ids)
+      self.ledger.ids
+    )
 
   def check(self, switch: Switch, what: str = "switch") -> Switch:
     """`switch`, unless it asks for a forgotten source's sinks (ForgottenSourceError)."""
@@ -83,10 +86,10 @@ class ServedModel:
   def hidden(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
     return self.module.hidden(tokens_BxT, segment_ids_BxT, positions_BxT, self._checked(switch))
 
-  def hidden_from_embeddings(self, x_BxTxD, segment_ids_BxT, positions_BxT,
-                             switch: Switch | None):
-    return self.module.hidden_from_embeddings(x_BxTxD, segment_ids_BxT, positions_BxT,
-                                              self._checked(switch))
+  def hidden_from_embeddings(self, x_BxTxD, segment_ids_BxT, positions_BxT, switch: Switch | None):
+    return self.module.hidden_from_embeddings(
+      x_BxTxD, segment_ids_BxT, positions_BxT, self._checked(switch)
+    )
 
   def __getattr__(self, name):
     return getattr(self.module, name)
@@ -103,8 +106,13 @@ def with_ledger(run: Run, ledger: ledger_lib.Ledger) -> Run:
   return dataclasses.replace(run, params=params, ledger=ledger)
 
 
-def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None, *,
-             device: jax.Device | None = None, apply_ledger: bool = True) -> Run:
+def load_run(
+  workdir: str | epath.PathLike,
+  model_cfg: ModelConfig | None = None,
+  *,
+  device: jax.Device | None = None,
+  apply_ledger: bool = True,
+) -> Run:
   """Restores the latest checkpoint's parameters (not the optimizer) from `workdir`,
   with its forget ledger applied.
 
@@ -138,7 +146,8 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
   tokenizer = Tokenizer.load(workdir / "tokenizer.model")
   if tokenizer.fingerprint != meta.get("tokenizer"):
     raise ckpt_lib.CheckpointMismatchError(
-        f"{workdir}/tokenizer.model is not the tokenizer {ckpt.directory}/{step} was trained with")
+      f"{workdir}/tokenizer.model is not the tokenizer {ckpt.directory}/{step} was trained with"
+    )
   ckpt.close()
   run = Run(saved_cfg, graphdef, state, tokenizer, meta, workdir=str(workdir), step=step)
   return with_ledger(run, ledger) if apply_ledger else run
@@ -147,6 +156,7 @@ def load_run(workdir: str | epath.PathLike, model_cfg: ModelConfig | None = None
 @dataclasses.dataclass(frozen=True)
 class OptionRows:
   """Every (probe, option) as one row: option 0 is the answer, then the distractors."""
+
   tokens: list[np.ndarray]  # int32, BOS + the prompt's last tokens + the option
   starts: np.ndarray  # int64 [rows]: where the option begins in its row
   probe: np.ndarray  # int32 [rows]
@@ -165,24 +175,31 @@ def option_rows(tokenizer: Tokenizer, probes: Sequence[Probe], context: int) -> 
       if not len(answer):
         raise ValueError(f"probe {i} ({p.prompt!r}): option {option!r} tokenizes to nothing")
       if len(answer) >= context:
-        raise ValueError(f"probe {i} ({p.prompt!r}): option {option!r} is {len(answer)} tokens, "
-                         f"the model's context is {context}")
+        raise ValueError(
+          f"probe {i} ({p.prompt!r}): option {option!r} is {len(answer)} tokens, "
+          f"the model's context is {context}"
+        )
       row, start = scored_row(prompt, answer, context)
       rows.append(row)
       starts.append(start)
       probe_idx.append(i)
       option_idx.append(j)
-  return OptionRows(rows, np.asarray(starts), np.asarray(probe_idx, np.int32),
-                    np.asarray(option_idx, np.int32))
+  return OptionRows(
+    rows, np.asarray(starts), np.asarray(probe_idx, np.int32), np.asarray(option_idx, np.int32)
+  )
 
 
-def scored_row(prompt_ids: np.ndarray, continuation_ids: np.ndarray,
-               context: int) -> tuple[np.ndarray, int]:
+def scored_row(
+  prompt_ids: np.ndarray, continuation_ids: np.ndarray, context: int
+) -> tuple[np.ndarray, int]:
   """(row, where the continuation starts): BOS + prompt + continuation in at most
   `context + 1` tokens, the prompt cut from the left (after BOS) when too long."""
   keep = context - len(continuation_ids)  # the row is at most context + 1 tokens
-  cut = prompt_ids if len(prompt_ids) <= keep else np.concatenate(
-      [prompt_ids[:1], prompt_ids[len(prompt_ids) - keep + 1:]])
+  cut = (
+    prompt_ids
+    if len(prompt_ids) <= keep
+    else np.concatenate([prompt_ids[:1], prompt_ids[len(prompt_ids) - keep + 1 :]])
+  )
   return np.concatenate([cut, continuation_ids]).astype(np.int32), len(cut)
 
 
@@ -197,19 +214,35 @@ def _mean_option_nll(graphdef, params, tokens_BxL, starts_B, lengths_B, switch: 
   return losses.sequence_nll(logits, targets, w) / jnp.maximum(w.sum(-1), 1.0)
 
 
-def row_nll(run: Run, tokens_BxL, starts_B, lengths_B, switch: Switch, *,
-            params=None) -> np.ndarray:
+def row_nll(
+  run: Run, tokens_BxL, starts_B, lengths_B, switch: Switch, *, params=None
+) -> np.ndarray:
   """Mean token NLL of each row from its start to its length, [B], under `switch`
   (refused if it asks for a forgotten source)."""
-  return np.asarray(_mean_option_nll(run.graphdef, run.params if params is None else params,
-                                     tokens_BxL, starts_B, lengths_B, run.check(switch)))
+  return np.asarray(
+    _mean_option_nll(
+      run.graphdef,
+      run.params if params is None else params,
+      tokens_BxL,
+      starts_B,
+      lengths_B,
+      run.check(switch),
+    )
+  )
 
 
 SwitchFn = Callable[[np.ndarray], Switch]
 
 
-def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
-               params=None, max_tokens: int = 32_768, desc: str | None = None) -> np.ndarray:
+def option_nll(
+  run: Run,
+  probes: Sequence[Probe],
+  switch_for: SwitchFn,
+  *,
+  params=None,
+  max_tokens: int = 32_768,
+  desc: str | None = None,
+) -> np.ndarray:
   """Mean token NLL of every option, [probes, 1 + distractors] (NaN past a probe's options).
 
   `switch_for(probe_indices)` gives the switch for a batch of rows (e.g. each
@@ -223,16 +256,20 @@ def option_nll(run: Run, probes: Sequence[Probe], switch_for: SwitchFn, *,
   batches = list(batching.token_batches(lengths, max_tokens))
   for idx, m, width in progress(batches, desc=desc):
     tokens = batching.pad_rows([rows.tokens[i] for i in idx], width)
-    nll = row_nll(run, tokens, rows.starts[idx], lengths[idx], switch_for(rows.probe[idx]),
-                  params=params)
+    nll = row_nll(
+      run, tokens, rows.starts[idx], lengths[idx], switch_for(rows.probe[idx]), params=params
+    )
     out[idx[:m]] = nll[:m]
   table = np.full((len(probes), int(rows.option.max()) + 1), np.nan, np.float32)
   table[rows.probe, rows.option] = out
   return table
 
 
-def per_token_switch(source_ids: Sequence[int], exclude: Sequence[int] = (),
-                     exclude_per_probe: Sequence[int] | None = None) -> SwitchFn:
+def per_token_switch(
+  source_ids: Sequence[int],
+  exclude: Sequence[int] = (),
+  exclude_per_probe: Sequence[int] | None = None,
+) -> SwitchFn:
   """Each row on the sinks of `source_ids[probe]` (its own or its routed source).
 
   `exclude` is switched off for every probe; `exclude_per_probe[i]` only for
@@ -246,9 +283,11 @@ def per_token_switch(source_ids: Sequence[int], exclude: Sequence[int] = (),
       return Switch.sources(ids[probe_idx][:, None], exclude=exclude)
     rows = per_probe[probe_idx][:, None]
     if len(exclude):
-      rows = np.concatenate([rows, np.broadcast_to(np.asarray(exclude), (len(rows), len(exclude)))],
-                            axis=1)
+      rows = np.concatenate(
+        [rows, np.broadcast_to(np.asarray(exclude), (len(rows), len(exclude)))], axis=1
+      )
     return Switch.sources(ids[probe_idx][:, None], exclude=rows)
+
   return switch_for
 
 
@@ -256,16 +295,30 @@ def fixed_switch(switch: Switch) -> SwitchFn:
   return lambda probe_idx: switch
 
 
-def generate(run: Run, prompt: str, switch: Switch, max_new_tokens: int = 16, *,
-             sampling: sampler.Sampling = sampler.GREEDY, params=None) -> str:
+def generate(
+  run: Run,
+  prompt: str,
+  switch: Switch,
+  max_new_tokens: int = 16,
+  *,
+  sampling: sampler.Sampling = sampler.GREEDY,
+  params=None,
+) -> str:
   """The continuation of `prompt` under `switch` (greedy unless `sampling` says otherwise)."""
-  return generate_batch(run, [prompt], [switch], max_new_tokens, sampling=sampling,
-                        params=params)[0]
+  return generate_batch(run, [prompt], [switch], max_new_tokens, sampling=sampling, params=params)[
+    0
+  ]
 
 
-def generate_batch(run: Run, prompts: Sequence[str], switches: Switch | Sequence[Switch],
-                   max_new_tokens: int = 16, *, sampling: sampler.Sampling = sampler.GREEDY,
-                   params=None) -> list[str]:
+def generate_batch(
+  run: Run,
+  prompts: Sequence[str],
+  switches: Switch | Sequence[Switch],
+  max_new_tokens: int = 16,
+  *,
+  sampling: sampler.Sampling = sampler.GREEDY,
+  params=None,
+) -> list[str]:
   """Continuations of `prompts`, each row under its own switch (or one for all), stopping
   at EOS. A switch asking for a forgotten source is refused (ForgottenSourceError).
 
@@ -283,11 +336,21 @@ def generate_batch(run: Run, prompts: Sequence[str], switches: Switch | Sequence
       raise ValueError("--prompt: is empty")
     ids = run.tokenizer.encode_document(prompt)[:-1]  # BOS + prompt, no EOS
     if len(ids) + max_new_tokens > run.context:
-      raise ValueError(f"--prompt: {len(ids)} tokens (with BOS) and --max_new_tokens "
-                       f"{max_new_tokens} exceed the model's context of {run.context} tokens; "
-                       "shorten the prompt or ask for fewer tokens")
+      raise ValueError(
+        f"--prompt: {len(ids)} tokens (with BOS) and --max_new_tokens "
+        f"{max_new_tokens} exceed the model's context of {run.context} tokens; "
+        "shorten the prompt or ask for fewer tokens"
+      )
     encoded.append(ids)
-  out = sampler.sample(run.graphdef, run.params if params is None else params, encoded, switches,
-                       max_new_tokens, sampling=sampling, ledger=run.ledger, what="--source",
-                       vocab_limit=min(run.model_cfg.vocab_size, run.tokenizer.vocab_size))
+  out = sampler.sample(
+    run.graphdef,
+    run.params if params is None else params,
+    encoded,
+    switches,
+    max_new_tokens,
+    sampling=sampling,
+    ledger=run.ledger,
+    what="--source",
+    vocab_limit=min(run.model_cfg.vocab_size, run.tokenizer.vocab_size),
+  )
   return [run.tokenizer.decode(row[:n]) for row, n in zip(out.tokens, out.lengths)]

@@ -34,15 +34,23 @@ class Job:
   docs: Sequence[Document]
 
 
-def comparison(config, workdir: epath.PathLike, docs: Sequence[Document], forget: Sequence[int],
-               *, plain: bool = False) -> list[Job]:
+def comparison(
+  config,
+  workdir: epath.PathLike,
+  docs: Sequence[Document],
+  forget: Sequence[int],
+  *,
+  plain: bool = False,
+) -> list[Job]:
   """The NULL on every source, the oracle retrained without `forget`, optionally the
   plain transformer of the same width: the runs an unlearning comparison needs."""
   workdir = epath.Path(workdir)
   oracle = copy.deepcopy(config)
   oracle.data.exclude_sources = tuple(int(i) for i in forget)
-  runs = [Job("null", config, workdir / "null", docs),
-          Job("oracle", oracle, workdir / "oracle", docs)]  # the data layer leaves `forget` out
+  runs = [
+    Job("null", config, workdir / "null", docs),
+    Job("oracle", oracle, workdir / "oracle", docs),
+  ]  # the data layer leaves `forget` out
   if plain:
     plain_config = copy.deepcopy(config)
     make_plain(plain_config.model)
@@ -58,8 +66,10 @@ def run_one(job: Job, tokenizer: Tokenizer) -> None:
   writer = MetricWriter(workdir, prefix=job.name)
   result = train.train(job.config, workdir, job.docs, tokenizer, writer=writer)
   if result.history:
-    writer.text(f"[{job.name}] {result.setup.steps} steps in {time.time() - t0:.0f}s, "
-                f"final loss {result.history[-1]['loss']:.3f}")
+    writer.text(
+      f"[{job.name}] {result.setup.steps} steps in {time.time() - t0:.0f}s, "
+      f"final loss {result.history[-1]['loss']:.3f}"
+    )
   writer.close()
 
 

@@ -53,6 +53,7 @@ class Entry:
 @dataclasses.dataclass(frozen=True)
 class Ledger:
   """The forgotten sources of a run (empty: nothing forgotten, or the ledger not applied)."""
+
   entries: tuple[Entry, ...] = ()
 
   @functools.cached_property
@@ -84,7 +85,8 @@ class Ledger:
     if gone.size:
       e = self.entry(int(gone[0]))
       raise ForgottenSourceError(
-          f"{what}: source {e.id} ({e.name!r}) was forgotten on {e.time} by {e.user}: {e.reason}")
+        f"{what}: source {e.id} ({e.name!r}) was forgotten on {e.time} by {e.user}: {e.reason}"
+      )
 
   def check(self, switch: Switch, what: str = "switch") -> Switch:
     """The switch itself, unless it asks for a forgotten source's sinks.
@@ -140,8 +142,12 @@ def _entry(raw: bytes) -> Entry:
   return Entry(check_source_id(obj["id"]), *(obj[f] for f in _FIELDS[1:]))
 
 
-def append(workdir: str | epath.PathLike, sources: Sequence[tuple[int, str]], reason: str,
-           user: str | None = None) -> list[Entry]:
+def append(
+  workdir: str | epath.PathLike,
+  sources: Sequence[tuple[int, str]],
+  reason: str,
+  user: str | None = None,
+) -> list[Entry]:
   """Appends one entry per (id, name); all of them or none.
 
   Refuses an empty reason, a source already in the ledger (naming when it was
@@ -150,15 +156,20 @@ def append(workdir: str | epath.PathLike, sources: Sequence[tuple[int, str]], re
   """
   p = path(workdir)
   if "://" in str(p):
-    raise ValueError(f"{p}: the forget ledger is appended on a local (POSIX) filesystem, where "
-                     "appends are atomic; forget on a local copy of the run and upload it")
+    raise ValueError(
+      f"{p}: the forget ledger is appended on a local (POSIX) filesystem, where "
+      "appends are atomic; forget on a local copy of the run and upload it"
+    )
   reason = check_reason(reason)
   if not sources:
     raise ValueError("--sources: no sources to forget")
   now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
   user = user or _user()
-  entries = list({int(i): Entry(check_source_id(int(i)), name, reason, now, user)
-                  for i, name in sources}.values())
+  entries = list(
+    {
+      int(i): Entry(check_source_id(int(i)), name, reason, now, user) for i, name in sources
+    }.values()
+  )
   data = "".join(e.line() for e in entries).encode()
   fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
   try:

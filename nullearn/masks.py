@@ -64,6 +64,7 @@ class SinkGeometry:
   draws its own sinks (the layer index is folded into the key); otherwise one
   mask serves every layer. `pool == 0` is the plain transformer.
   """
+
   backbone: int
   pool: int
   active: int
@@ -72,8 +73,10 @@ class SinkGeometry:
 
   def __post_init__(self):
     if self.backbone < 0 or self.pool < 0 or self.backbone + self.pool <= 0:
-      raise ValueError(f"the MLP needs backbone >= 0, pool >= 0 and backbone + pool > 0, got "
-                       f"backbone={self.backbone}, pool={self.pool}")
+      raise ValueError(
+        f"the MLP needs backbone >= 0, pool >= 0 and backbone + pool > 0, got "
+        f"backbone={self.backbone}, pool={self.pool}"
+      )
     if self.pool and not 0 < self.active <= self.pool:
       raise ValueError(f"need 0 < active <= pool, got active={self.active}, pool={self.pool}")
 
@@ -96,8 +99,11 @@ class SinkGeometry:
 
   def differences(self, other: SinkGeometry) -> list[str]:
     """'field: self value vs other value' for every field that differs."""
-    return [f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
-            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+    return [
+      f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+      for f in dataclasses.fields(self)
+      if getattr(self, f.name) != getattr(other, f.name)
+    ]
 
   def offsets(self, ids, layer: int = 0) -> jax.Array:
     """Offset of the chosen sink inside each stratum, shape ids.shape + (A,)."""

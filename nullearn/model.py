@@ -28,14 +28,13 @@ from nullearn.masks import SinkGeometry
 from nullearn.sharding import constrain
 from nullearn.switch import GatheredSinks, Switch
 
-
 # What the backward pass keeps of a block's forward pass (jax.checkpoint policies);
 # "none" keeps everything (no rematerialisation), "full" only the block's inputs.
 REMAT_POLICIES: dict[str, Callable | None] = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -79,16 +78,18 @@ class ModelConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
-                       f"num_kv_heads={self.num_kv_heads}")
+      raise ValueError(
+        f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+      )
     _ = self.geometry  # validates the sink geometry
     if self.sink_impl not in ("dense", "gather"):
       raise ValueError(f"sink_impl must be 'dense' or 'gather', got {self.sink_impl!r}")
     if self.head_dim % 2:
       raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
     if self.attention not in attention.IMPLEMENTATIONS:
-      raise ValueError(f"attention must be one of {attention.IMPLEMENTATIONS}, "
-                       f"got {self.attention!r}")
+      raise ValueError(
+        f"attention must be one of {attention.IMPLEMENTATIONS}, got {self.attention!r}"
+      )
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> ModelConfig:
@@ -106,8 +107,7 @@ class ModelConfig:
   @property
   def geometry(self) -> SinkGeometry:
     """What fixes every source's mask; a checkpoint refuses a different one."""
-    return SinkGeometry(self.backbone, self.pool, self.active, self.mask_seed,
-                        self.per_layer_masks)
+    return SinkGeometry(self.backbone, self.pool, self.active, self.mask_seed, self.per_layer_masks)
 
 
 def _param(rngs: nnx.Rngs, shape, names, std, dtype) -> nnx.Param:
@@ -116,11 +116,11 @@ def _param(rngs: nnx.Rngs, shape, names, std, dtype) -> nnx.Param:
 
 
 class RMSNorm(nnx.Module):
-
   def __init__(self, cfg: ModelConfig):
     self.eps = cfg.norm_eps
-    self.scale = nnx.Param(jnp.ones((cfg.d_model,), cfg.param_dtype),
-                           out_sharding=("embed",), eager_sharding=False)
+    self.scale = nnx.Param(
+      jnp.ones((cfg.d_model,), cfg.param_dtype), out_sharding=("embed",), eager_sharding=False
+    )
 
   def __call__(self, x_BxTxD):
     x = x_BxTxD.astype(jnp.float32)
@@ -135,9 +135,12 @@ def project(x, w, out_dims: int = 1, out_dtype=None):
   than the same product on rows; on TPU and GPU the reshapes are free.
   """
   in_dims = w.ndim - out_dims
-  lead, contract = x.shape[:x.ndim - in_dims], x.shape[x.ndim - in_dims:]
-  out = jnp.matmul(x.reshape(-1, int(np.prod(contract))),
-                   w.reshape(-1, int(np.prod(w.shape[in_dims:]))), preferred_element_type=out_dtype)
+  lead, contract = x.shape[: x.ndim - in_dims], x.shape[x.ndim - in_dims :]
+  out = jnp.matmul(
+    x.reshape(-1, int(np.prod(contract))),
+    w.reshape(-1, int(np.prod(w.shape[in_dims:]))),
+    preferred_element_type=out_dtype,
+  )
   return out.reshape(*lead, *w.shape[in_dims:])
 
 
@@ -161,11 +164,13 @@ class Attention(nnx.Module):
     self.wq = _param(rngs, (D, H, K), ("embed", "heads", "head_dim"), std, pd)
     self.wk = _param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std, pd)
     self.wv = _param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std, pd)
-    self.wo = _param(rngs, (H, K, D), ("heads", "head_dim", "embed"),
-                     std / np.sqrt(2 * cfg.num_layers), pd)
+    self.wo = _param(
+      rngs, (H, K, D), ("heads", "head_dim", "embed"), std / np.sqrt(2 * cfg.num_layers), pd
+    )
 
-  def __call__(self, x_BxTxD, segment_ids_BxS, positions_BxT, cache: LayerCache | None = None,
-               index=None):
+  def __call__(
+    self, x_BxTxD, segment_ids_BxS, positions_BxT, cache: LayerCache | None = None, index=None
+  ):
     """Attention output BxTxD; with `cache`, (output, updated cache).
 
     `segment_ids_BxS` are the keys': the row's own tokens, or with `cache` the
@@ -176,16 +181,19 @@ class Attention(nnx.Module):
     q_BxTxHxK = project(x_BxTxD, self.wq[...].astype(dt), 2)
     k_BxTxGxK = project(x_BxTxD, self.wk[...].astype(dt), 2)
     v_BxTxGxK = project(x_BxTxD, self.wv[...].astype(dt), 2)
-    q_BxTxHxK = constrain(rope(q_BxTxHxK, positions_BxT, cfg.rope_base),
-                          ("batch", "length", "heads", "head_dim"))
+    q_BxTxHxK = constrain(
+      rope(q_BxTxHxK, positions_BxT, cfg.rope_base), ("batch", "length", "heads", "head_dim")
+    )
     k_BxTxGxK = rope(k_BxTxGxK, positions_BxT, cfg.rope_base)
     if cache is None:
-      out_BxTxHxK = attention.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxS,
-                                     cfg.attention)
+      out_BxTxHxK = attention.attend(
+        q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxS, cfg.attention
+      )
       return project(out_BxTxHxK, self.wo[...].astype(dt))
     # --- decoding hook: the new keys and values join the cache (nullearn/sampler.py) ---
-    out_BxTxHxK, cache = attention.cached(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, cache, index,
-                                          segment_ids_BxS)
+    out_BxTxHxK, cache = attention.cached(
+      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, cache, index, segment_ids_BxS
+    )
     return project(out_BxTxHxK, self.wo[...].astype(dt)), cache
 
 
@@ -216,11 +224,15 @@ class SinkMLP(nnx.Module):
     w_gate, w_up, w_down = (w[...].astype(dt) for w in (self.w_gate, self.w_up, self.w_down))
     # Each row's own sink weights live with the row: sharded over the batch like
     # activations (the FSDP-sharded weights are gathered whole first).
-    rows = lambda w_FxD: constrain(jnp.take(w_FxD, sinks.columns_BxN, axis=0),
-                                   ("batch", None, None))
+    rows = lambda w_FxD: constrain(
+      jnp.take(w_FxD, sinks.columns_BxN, axis=0), ("batch", None, None)
+    )
     gate_BxNxD, up_BxNxD, down_BxNxD = rows(w_gate.T), rows(w_up.T), rows(w_down)
-    h_BxTxN = (jax.nn.silu(jnp.einsum("btd,bnd->btn", x_BxTxD, gate_BxNxD))
-               * jnp.einsum("btd,bnd->btn", x_BxTxD, up_BxNxD) * sinks.on_BxTxN)
+    h_BxTxN = (
+      jax.nn.silu(jnp.einsum("btd,bnd->btn", x_BxTxD, gate_BxNxD))
+      * jnp.einsum("btd,bnd->btn", x_BxTxD, up_BxNxD)
+      * sinks.on_BxTxN
+    )
     out_BxTxD = jnp.einsum("btn,bnd->btd", h_BxTxN, down_BxNxD)
     if nb:
       h_BxTxBb = jax.nn.silu(project(x_BxTxD, w_gate[:, :nb])) * project(x_BxTxD, w_up[:, :nb])
@@ -229,7 +241,6 @@ class SinkMLP(nnx.Module):
 
 
 class Block(nnx.Module):
-
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.attn_norm = RMSNorm(cfg)
     self.attn = Attention(cfg, rngs)
@@ -241,11 +252,13 @@ class Block(nnx.Module):
     x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), mlp_mask_BxTxF)
     return constrain(x_BxTxD, ("batch", "length", "embed"))
 
-  def cached(self, x_BxTxD, segment_ids_BxL, positions_BxT, mlp_mask_BxTxF, cache: LayerCache,
-             index):
+  def cached(
+    self, x_BxTxD, segment_ids_BxL, positions_BxT, mlp_mask_BxTxF, cache: LayerCache, index
+  ):
     """The block on T new tokens of a decoding buffer; (output, updated cache)."""
-    attn_BxTxD, cache = self.attn(self.attn_norm(x_BxTxD), segment_ids_BxL, positions_BxT, cache,
-                                  index)
+    attn_BxTxD, cache = self.attn(
+      self.attn_norm(x_BxTxD), segment_ids_BxL, positions_BxT, cache, index
+    )
     x_BxTxD = x_BxTxD + attn_BxTxD
     return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD), mlp_mask_BxTxF), cache
 
@@ -255,16 +268,18 @@ class Transformer(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
-                        cfg.init_std, cfg.param_dtype)
+    self.embed = _param(
+      rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std, cfg.param_dtype
+    )
     if cfg.scan_layers:
       self.blocks = _stacked_blocks(cfg, rngs)
     else:
       self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_embeddings:
-      self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                            cfg.init_std, cfg.param_dtype)
+      self.unembed = _param(
+        rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std, cfg.param_dtype
+      )
 
   def mlp_masks(self, switch: Switch | None, segment_ids_BxT) -> Callable:
     """layer -> that layer's MLP mask. The layer may be traced (scanned blocks); whether
@@ -275,10 +290,14 @@ class Transformer(nnx.Module):
     if switch is None:
       raise ValueError("a model with sinks needs a Switch (e.g. Switch.sources(ids))")
     dtype = jnp.dtype(cfg.dtype)
-    if cfg.sink_impl == "gather" and switch.mode == "source" and _gatherable(
-        segment_ids_BxT, cfg.max_segments):
-      mask = lambda layer: switch.gathered(cfg.geometry, segment_ids_BxT, cfg.max_segments,
-                                           dtype, layer)
+    if (
+      cfg.sink_impl == "gather"
+      and switch.mode == "source"
+      and _gatherable(segment_ids_BxT, cfg.max_segments)
+    ):
+      mask = lambda layer: switch.gathered(
+        cfg.geometry, segment_ids_BxT, cfg.max_segments, dtype, layer
+      )
     else:
       mask = lambda layer: switch.mlp_mask(cfg.geometry, dtype, layer)
     if cfg.per_layer_masks:
@@ -292,11 +311,11 @@ class Transformer(nnx.Module):
 
   def hidden(self, tokens_BxT, segment_ids_BxT, positions_BxT, switch: Switch | None):
     """Final-normed hidden states, BxTxD (what source routing embeds)."""
-    return self.hidden_from_embeddings(self.embed_tokens(tokens_BxT), segment_ids_BxT,
-                                       positions_BxT, switch)
+    return self.hidden_from_embeddings(
+      self.embed_tokens(tokens_BxT), segment_ids_BxT, positions_BxT, switch
+    )
 
-  def hidden_from_embeddings(self, x_BxTxD, segment_ids_BxT, positions_BxT,
-                             switch: Switch | None):
+  def hidden_from_embeddings(self, x_BxTxD, segment_ids_BxT, positions_BxT, switch: Switch | None):
     """The trunk on given input embeddings (GCG differentiates through them)."""
     cfg = self.cfg
     masks = self.mlp_masks(switch, segment_ids_BxT)
@@ -317,8 +336,9 @@ class Transformer(nnx.Module):
     return self.final_norm(x_BxTxD)
 
   # --- decoding path (nullearn/sampler.py): the layer loop with one KV cache per layer ---
-  def hidden_cached(self, tokens_BxT, positions_BxT, switch: Switch | None, cache, index,
-                    segment_ids_BxL):
+  def hidden_cached(
+    self, tokens_BxT, positions_BxT, switch: Switch | None, cache, index, segment_ids_BxL
+  ):
     """Final-normed hidden states of T new tokens at buffer slots [index, index + T), BxTxD,
     and the caches with their keys and values written in (`sampler.init_cache`: one
     LayerCache per layer, or one stacked on a leading layer axis for scanned blocks)."""
@@ -327,14 +347,14 @@ class Transformer(nnx.Module):
     masks = self.mlp_masks(switch, segment_ids_BxT)
 
     def layer_fn(block: Block, x_BxTxD, layer_cache: LayerCache, layer):
-      return block.cached(x_BxTxD, segment_ids_BxL, positions_BxT, masks(layer), layer_cache,
-                          index)
+      return block.cached(x_BxTxD, segment_ids_BxL, positions_BxT, masks(layer), layer_cache, index)
 
     x_BxTxD = self.embed_tokens(tokens_BxT)
     if cfg.scan_layers:
       scan = nnx.scan(layer_fn, in_axes=(0, nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
-      x_BxTxD, cache = scan(self.blocks, x_BxTxD, cache,
-                            jnp.arange(cfg.num_layers, dtype=jnp.uint32))
+      x_BxTxD, cache = scan(
+        self.blocks, x_BxTxD, cache, jnp.arange(cfg.num_layers, dtype=jnp.uint32)
+      )
     else:
       new_cache = []
       for i, (block, layer_cache) in enumerate(zip(self.blocks, cache)):
@@ -393,8 +413,9 @@ def unstack_layers(params) -> dict:
   if not is_stacked(params):
     return params
   num_layers = jax.tree.leaves(blocks)[0].shape[0]
-  return dict(params, blocks={i: jax.tree.map(lambda x, i=i: x[i], blocks)
-                              for i in range(num_layers)})
+  return dict(
+    params, blocks={i: jax.tree.map(lambda x, i=i: x[i], blocks) for i in range(num_layers)}
+  )
 
 
 def stack_layers(params) -> dict:
@@ -420,8 +441,11 @@ def abstract(cfg: ModelConfig):
   """graphdef, abstract params (pure dict) and their logical axis names; allocates nothing."""
   model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
-  logical = jax.tree.map(lambda v: jax.sharding.PartitionSpec(*v.get_metadata()["out_sharding"]),
-                         state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  logical = jax.tree.map(
+    lambda v: jax.sharding.PartitionSpec(*v.get_metadata()["out_sharding"]),
+    state,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
   return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(logical)
 
 

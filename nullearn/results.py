@@ -20,6 +20,7 @@ from nullearn import scores
 
 class Cond(enum.StrEnum):
   """A model and a way of switching it, scored on the same probes as the others."""
+
   SINK_ON = "sink on"  # the NULL with each probe's own source's sinks
   SWITCHED_OFF = "switched off"  # routed to the nearest surviving source, own sinks excluded
   PROMPT_ROUTED = "prompt routed"  # the probe's prompt routed, as a deployment does
@@ -32,6 +33,7 @@ class Cond(enum.StrEnum):
 
 class FactSet(enum.StrEnum):
   """Probe kinds, and the unions a claim is made on."""
+
   UNIQUE = "unique"  # the oracle cannot tell them (ratio <= 1)
   INFERRED = "inferred"  # the source's own facts that the oracle still tells
   SHARED = "shared"  # stated by several sources
@@ -60,6 +62,7 @@ class Summary:
   mean(min(R', 1/R')) (1: no preference) and over a retain set as
   mean(max(0, 1 - R')) (higher: knows).
   """
+
   n: int
   median: float
   mean: float
@@ -78,9 +81,17 @@ class Summary:
       return cls(0, nan, nan, nan, nan, nan, nan, nan, None if oracle is None else nan)
     fq = None if oracle is None else scores.forget_quality(r, oracle)
     tofu = scores.tofu_ratio(r)
-    return cls(int(r.size), float(np.median(r)), float(np.mean(r)), float(np.mean(r > 1.0)),
-               float(np.median(tofu)), float(np.mean(tofu)), scores.tofu_forget_score(r),
-               scores.tofu_retain_score(r), fq)
+    return cls(
+      int(r.size),
+      float(np.median(r)),
+      float(np.mean(r)),
+      float(np.mean(r > 1.0)),
+      float(np.median(tofu)),
+      float(np.mean(tofu)),
+      scores.tofu_forget_score(r),
+      scores.tofu_retain_score(r),
+      fq,
+    )
 
 
 def summarize(ratios: dict[str, np.ndarray], kinds: list[str]) -> dict[str, dict[str, Summary]]:
@@ -92,9 +103,12 @@ def summarize(ratios: dict[str, np.ndarray], kinds: list[str]) -> dict[str, dict
   """
   oracle = ratios.get(Cond.ORACLE)
   sets = fact_sets(kinds)
-  return {name: {k: Summary.of(r[sel], None if oracle is None else oracle[sel])
-                 for k, sel in sets.items()}
-          for name, r in ratios.items()}
+  return {
+    name: {
+      k: Summary.of(r[sel], None if oracle is None else oracle[sel]) for k, sel in sets.items()
+    }
+    for name, r in ratios.items()
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +122,7 @@ class Claim:
 @dataclasses.dataclass
 class Relearning:
   """Loss on the held-out half and median ratio of its probes after k fine-tuning steps."""
+
   curves: dict[str, dict[str, list[float]]]  # name -> steps, loss, median_ratio
   before_unlearning_median_ratio: dict[str, float]
   num_test_probes: int
@@ -117,6 +132,7 @@ class Relearning:
 @dataclasses.dataclass
 class Report:
   """Everything `nullearn eval` measured; `to_dict` is report.json."""
+
   forgotten: list[dict[str, Any]]  # id, name, routed_to, routed_name
   kinds: list[str]  # per forgotten probe, in probe order
   conditions: dict[str, dict[str, Summary]]
@@ -143,9 +159,12 @@ class Report:
     the Forget Quality on all of them when there is an oracle."""
     out = {}
     for name, ratios in self.ratios.items():
-      out[name] = {"forget_truth_ratio": {
+      out[name] = {
+        "forget_truth_ratio": {
           "agg_value": scores.tofu_forget_score(ratios),
-          "value_by_index": scores.value_by_index(scores.tofu_ratio(ratios))}}
+          "value_by_index": scores.value_by_index(scores.tofu_ratio(ratios)),
+        }
+      }
       fq = self.conditions[name][FactSet.ALL].forget_quality
       if fq is not None:
         out[name]["forget_quality"] = {"agg_value": fq}
@@ -158,8 +177,11 @@ class Report:
     return out
 
 
-def claims(conditions: dict[str, dict[str, Summary]], thresholds: ml_collections.ConfigDict,
-           relearning: Relearning | None = None) -> list[Claim]:
+def claims(
+  conditions: dict[str, dict[str, Summary]],
+  thresholds: ml_collections.ConfigDict,
+  relearning: Relearning | None = None,
+) -> list[Claim]:
   """The suite's questions, answered from the measurements either way.
 
   Each needs the conditions it compares; a claim whose inputs are missing is
@@ -176,30 +198,57 @@ def claims(conditions: dict[str, dict[str, Summary]], thresholds: ml_collections
   art = FactSet.ARTICLE
   if on:
     v = on[art].median
-    make(f"sink on: article-specific facts known (median Truth Ratio >= {t.sink_on_median})",
-         v, t.sink_on_median, v >= t.sink_on_median)
+    make(
+      f"sink on: article-specific facts known (median Truth Ratio >= {t.sink_on_median})",
+      v,
+      t.sink_on_median,
+      v >= t.sink_on_median,
+    )
   if on and oracle:
     v = on[art].frac_above_1 - oracle[art].frac_above_1
-    make(f"sink on: fraction > 1 of article-specific facts at least {t.sink_on_frac_margin} "
-         "above the oracle's", v, t.sink_on_frac_margin, v >= t.sink_on_frac_margin)
+    make(
+      f"sink on: fraction > 1 of article-specific facts at least {t.sink_on_frac_margin} "
+      "above the oracle's",
+      v,
+      t.sink_on_frac_margin,
+      v >= t.sink_on_frac_margin,
+    )
   if off and oracle:
     v = abs(off[art].median - oracle[art].median)
-    make(f"switched off: article-specific median within {t.off_median_gap} of the oracle's",
-         v, t.off_median_gap, v <= t.off_median_gap)
+    make(
+      f"switched off: article-specific median within {t.off_median_gap} of the oracle's",
+      v,
+      t.off_median_gap,
+      v <= t.off_median_gap,
+    )
     v = abs(off[art].frac_above_1 - oracle[art].frac_above_1)
-    make(f"switched off: article-specific fraction > 1 within {t.off_frac_gap} of the oracle's",
-         v, t.off_frac_gap, v <= t.off_frac_gap)
-    for kind, what in ((art, "article-specific facts (unique and inferred)"),
-                       (FactSet.UNIQUE, "unique facts (oracle ratio <= 1, a cut distribution)"),
-                       (FactSet.SHARED, "shared facts")):
+    make(
+      f"switched off: article-specific fraction > 1 within {t.off_frac_gap} of the oracle's",
+      v,
+      t.off_frac_gap,
+      v <= t.off_frac_gap,
+    )
+    for kind, what in (
+      (art, "article-specific facts (unique and inferred)"),
+      (FactSet.UNIQUE, "unique facts (oracle ratio <= 1, a cut distribution)"),
+      (FactSet.SHARED, "shared facts"),
+    ):
       v = off[kind].forget_quality
-      make(f"switched off: {what} match the oracle under the same routing (Forget Quality "
-           f"p >= {t.forget_quality})", v, t.forget_quality,
-           v is not None and v >= t.forget_quality)
+      make(
+        f"switched off: {what} match the oracle under the same routing (Forget Quality "
+        f"p >= {t.forget_quality})",
+        v,
+        t.forget_quality,
+        v is not None and v >= t.forget_quality,
+      )
   if on and off:
     keep = off[FactSet.SHARED].median / on[FactSet.SHARED].median
-    make(f"switched off: shared facts keep >= {t.shared_keep:.0%} of their sink-on median",
-         keep, t.shared_keep, keep >= t.shared_keep)
+    make(
+      f"switched off: shared facts keep >= {t.shared_keep:.0%} of their sink-on median",
+      keep,
+      t.shared_keep,
+      keep >= t.shared_keep,
+    )
   if relearning is not None:
     _relearning_claims(relearning, t, make)
   return out
@@ -211,15 +260,25 @@ def _relearning_claims(rel: Relearning, t, make) -> None:
     o = np.asarray(curves[Cond.ORACLE]["loss"])
     n = np.asarray(curves[Cond.SWITCHED_OFF]["loss"])
     gap = float(np.max(np.abs(n - o) / o))
-    make(f"relearning: switched-off NULL within {t.relearn_gap:.0%} of the oracle's loss at "
-         "every step count", gap, t.relearn_gap, gap <= t.relearn_gap)
+    make(
+      f"relearning: switched-off NULL within {t.relearn_gap:.0%} of the oracle's loss at "
+      "every step count",
+      gap,
+      t.relearn_gap,
+      gap <= t.relearn_gap,
+    )
   for name, curve in curves.items():
     if not name.endswith("+npo"):
       continue
     before = rel.before_unlearning_median_ratio[name.split("+")[0]]
-    within = [r for s, r in zip(curve["steps"], curve["median_ratio"])
-              if 0 < s <= t.npo_recovery_steps]
+    within = [
+      r for s, r in zip(curve["steps"], curve["median_ratio"]) if 0 < s <= t.npo_recovery_steps
+    ]
     best = max(within) if within else float("nan")
-    make(f"relearning: {name} forgotten facts back above {t.npo_recovery:.0%} of their "
-         f"pre-unlearning ratio within {t.npo_recovery_steps} steps", best / before,
-         t.npo_recovery, best >= t.npo_recovery * before)
+    make(
+      f"relearning: {name} forgotten facts back above {t.npo_recovery:.0%} of their "
+      f"pre-unlearning ratio within {t.npo_recovery_steps} steps",
+      best / before,
+      t.npo_recovery,
+      best >= t.npo_recovery * before,
+    )

@@ -42,8 +42,13 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s's default token pattern
 _STOP = frozenset(STOPWORDS_EN)
 _K1, _B = 1.5, 0.75  # bm25s's defaults
 _CHUNK = 65_536  # sources tokenized and staged at once
-_INDEX_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
-                "vocab.index.json", "params.index.json")  # bm25s's, as `_build` writes them
+_INDEX_FILES = (
+  "data.csc.index.npy",
+  "indices.csc.index.npy",
+  "indptr.csc.index.npy",
+  "vocab.index.json",
+  "params.index.json",
+)  # bm25s's, as `_build` writes them
 
 
 def words(text: str) -> list[str]:
@@ -99,8 +104,9 @@ class PromptRouter:
   def without(self, ids) -> PromptRouter:
     """The same index that never returns `ids` either (a run's ledger), whatever the caller
     excludes."""
-    return PromptRouter(self.bm25, self.sources_S,
-                        np.union1d(self.forgotten, np.asarray(ids, np.int64).reshape(-1)))
+    return PromptRouter(
+      self.bm25, self.sources_S, np.union1d(self.forgotten, np.asarray(ids, np.int64).reshape(-1))
+    )
 
   def __len__(self) -> int:
     return len(self.sources_S)
@@ -111,15 +117,17 @@ class PromptRouter:
     local cache first, once."""
     remote = epath.Path(directory)
     if not (remote / "sources.npy").exists():
-      raise FileNotFoundError(f"no router index at {directory} (build it with "
-                              "`nullearn router --workdir=RUN`)")
+      raise FileNotFoundError(
+        f"no router index at {directory} (build it with `nullearn router --workdir=RUN`)"
+      )
     directory = source_index.local_copy(remote, ["sources.npy", *_INDEX_FILES], "router")
     bm25 = bm25s.BM25.load(str(directory), mmap=mmap, load_corpus=False)
     return cls(bm25, np.load(directory / "sources.npy", mmap_mode="r" if mmap else None))
 
   @classmethod
-  def build(cls, entries: Iterable[tuple[int, str]], directory: str | os.PathLike,
-            chunk: int = _CHUNK) -> PromptRouter:
+  def build(
+    cls, entries: Iterable[tuple[int, str]], directory: str | os.PathLike, chunk: int = _CHUNK
+  ) -> PromptRouter:
     """Indexes (source id, text) pairs, one per source, into `directory`.
 
     Written beside it first and swapped in whole, so a failed build leaves the
@@ -163,15 +171,17 @@ class PromptRouter:
       return np.zeros(len(self), np.float32)
     return self.bm25.get_scores_from_ids(ids)
 
-  def top(self, text: str, k: int, exclude: Sequence[int] | np.ndarray = (),
-          min_score: float = 0.0) -> list[Route]:
+  def top(
+    self, text: str, k: int, exclude: Sequence[int] | np.ndarray = (), min_score: float = 0.0
+  ) -> list[Route]:
     """The (at most) k best sources scoring above `min_score`, best first; none excluded."""
     if min_score < 0:
       raise ValueError(f"serve.min_score must be >= 0, got {min_score}")
     return _best(self._masked(text, exclude), self.sources_S, k, min_score)
 
-  def route(self, text: str, exclude: Sequence[int] | np.ndarray = (),
-            min_score: float = 0.0) -> Route:
+  def route(
+    self, text: str, exclude: Sequence[int] | np.ndarray = (), min_score: float = 0.0
+  ) -> Route:
     """The best surviving source, or Route(None, 0.0) when none scores above `min_score`
     (the caller's fallback serves)."""
     got = self.top(text, 1, exclude, min_score)
@@ -215,13 +225,16 @@ def _build(entries, directory: pathlib.Path, staging: pathlib.Path, chunk: int) 
     terms = [[vocab.setdefault(w, len(vocab)) for w in words(t)] for t in texts]
     length_C = np.asarray([len(t) for t in terms], np.int64)
     flat = np.fromiter((w for t in terms for w in t), np.int64, int(length_C.sum()))
-    key, tf = np.unique((np.repeat(np.arange(len(texts)) + row_C, length_C) << 32) | flat,
-                        return_counts=True)
+    key, tf = np.unique(
+      (np.repeat(np.arange(len(texts)) + row_C, length_C) << 32) | flat, return_counts=True
+    )
     term_N = (key & 0xFFFFFFFF).astype(np.int32)
     df_V = np.concatenate([df_V, np.zeros(len(vocab) - len(df_V), np.int64)])
     df_V += np.bincount(term_N, minlength=len(vocab))
-    np.save(staging / f"{chunks}.npy", np.stack([term_N, (key >> 32).astype(np.int32),
-                                                  tf.astype(np.int32)]))
+    np.save(
+      staging / f"{chunks}.npy",
+      np.stack([term_N, (key >> 32).astype(np.int32), tf.astype(np.int32)]),
+    )
     lengths.append(length_C)
     sources.append(ids)
     chunks += 1
@@ -232,16 +245,19 @@ def _build(entries, directory: pathlib.Path, staging: pathlib.Path, chunk: int) 
   S = len(sources_S)
   distinct, counts = np.unique(sources_S, return_counts=True)
   if len(distinct) != S:
-    raise ValueError(f"router: source {int(distinct[counts > 1][0])} is indexed twice "
-                     "(one text per source)")
+    raise ValueError(
+      f"router: source {int(distinct[counts > 1][0])} is indexed twice (one text per source)"
+    )
   idf_V = np.log1p((S - df_V + 0.5) / (df_V + 0.5)).astype(np.float32)
   norm_S = (_K1 * (1 - _B + _B * length_S / max(length_S.mean(), 1e-9))).astype(np.float32)
   indptr = np.zeros(len(vocab) + 1, np.int64)
   np.cumsum(df_V, out=indptr[1:])
-  data = np.lib.format.open_memmap(directory / "data.csc.index.npy", "w+", np.float32,
-                                   (int(indptr[-1]),))
-  indices = np.lib.format.open_memmap(directory / "indices.csc.index.npy", "w+", np.int32,
-                                      (int(indptr[-1]),))
+  data = np.lib.format.open_memmap(
+    directory / "data.csc.index.npy", "w+", np.float32, (int(indptr[-1]),)
+  )
+  indices = np.lib.format.open_memmap(
+    directory / "indices.csc.index.npy", "w+", np.int32, (int(indptr[-1]),)
+  )
   cursor_V = indptr[:-1].copy()
   for c in range(chunks):
     term_N, row_N, tf_N = np.load(staging / f"{c}.npy")
@@ -258,9 +274,22 @@ def _build(entries, directory: pathlib.Path, staging: pathlib.Path, chunk: int) 
   np.save(directory / "indptr.csc.index.npy", indptr)
   np.save(directory / "sources.npy", sources_S)
   (directory / "vocab.index.json").write_text(json.dumps(vocab, ensure_ascii=False))
-  (directory / "params.index.json").write_text(json.dumps(dict(
-      k1=_K1, b=_B, delta=0.5, method="lucene", idf_method="lucene", dtype="float32",
-      int_dtype="int32", num_docs=S, version=bm25s.__version__, backend="numpy")))
+  (directory / "params.index.json").write_text(
+    json.dumps(
+      dict(
+        k1=_K1,
+        b=_B,
+        delta=0.5,
+        method="lucene",
+        idf_method="lucene",
+        dtype="float32",
+        int_dtype="int32",
+        num_docs=S,
+        version=bm25s.__version__,
+        backend="numpy",
+      )
+    )
+  )
 
 
 def _chunks(entries: Iterable[tuple[int, str]], size: int):

@@ -31,15 +31,22 @@ from nullearn.writer import progress
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _pooled_hidden(graphdef, params, inputs_BxT, segment_ids_BxT, positions_BxT):
-  h_BxTxD = nnx.merge(graphdef, params).hidden(inputs_BxT, segment_ids_BxT, positions_BxT,
-                                               Switch.backbone())
+  h_BxTxD = nnx.merge(graphdef, params).hidden(
+    inputs_BxT, segment_ids_BxT, positions_BxT, Switch.backbone()
+  )
   w = (segment_ids_BxT > 0).astype(jnp.float32)[..., None]
   return jnp.sum(h_BxTxD.astype(jnp.float32) * w, axis=1), jnp.sum(w, axis=1)
 
 
-def backbone_embeddings(run: Run, docs: Sequence[Document], *, seq_len: int = 128,
-                        max_rows_per_source: int = 8, batch_size: int = 64,
-                        params=None) -> tuple[np.ndarray, np.ndarray]:
+def backbone_embeddings(
+  run: Run,
+  docs: Sequence[Document],
+  *,
+  seq_len: int = 128,
+  max_rows_per_source: int = 8,
+  batch_size: int = 64,
+  params=None,
+) -> tuple[np.ndarray, np.ndarray]:
   """(source ids [S], unit embeddings [S, D]) from backbone-only hidden states."""
   rows = pipeline.document_rows(run.tokenizer, docs, seq_len)
   ids = rows["source_ids"][:, 0].astype(np.int64)
@@ -49,10 +56,12 @@ def backbone_embeddings(run: Run, docs: Sequence[Document], *, seq_len: int = 12
   params = run.params if params is None else params
   n = len(ids)
   sums, counts = [], []
-  for idx, m in progress(padded_batches(n, batch_size), total=-(-n // batch_size),
-                         desc="embedding sources"):
-    s, c = _pooled_hidden(run.graphdef, params, rows["inputs"][idx], rows["segment_ids"][idx],
-                          rows["positions"][idx])
+  for idx, m in progress(
+    padded_batches(n, batch_size), total=-(-n // batch_size), desc="embedding sources"
+  ):
+    s, c = _pooled_hidden(
+      run.graphdef, params, rows["inputs"][idx], rows["segment_ids"][idx], rows["positions"][idx]
+    )
     sums.append(np.asarray(s)[:m])
     counts.append(np.asarray(c)[:m])
   sums, counts = np.concatenate(sums), np.concatenate(counts)
@@ -66,8 +75,9 @@ def title_embeddings(docs: Sequence[Document], model_name: str = "all-MiniLM-L6-
   try:
     from sentence_transformers import SentenceTransformer
   except ImportError as e:
-    raise ImportError("title routing needs sentence-transformers: "
-                      "pip install 'nullearn[routing]'") from e
+    raise ImportError(
+      "title routing needs sentence-transformers: pip install 'nullearn[routing]'"
+    ) from e
   names = sources_by_id(docs)
   sources = np.asarray(sorted(names), np.int64)
   emb = SentenceTransformer(model_name).encode([names[int(s)] for s in sources])
@@ -135,8 +145,7 @@ class TextRouter:
   (50 leading words) the names sent 59% of forgotten sources out of their region; without
   them 18% (100 words: 0%)."""
 
-  def __init__(self, index: router_lib.PromptRouter, docs: Sequence[Document],
-               leading_words: int):
+  def __init__(self, index: router_lib.PromptRouter, docs: Sequence[Document], leading_words: int):
     """`index` holds `docs`' sources, indexed by `leading_words` words each."""
     self.index = index
     self.leading_words = leading_words
@@ -153,8 +162,10 @@ class TextRouter:
   def _route(self, source_id: int, text: str, forgotten: Collection[int]) -> int:
     got = self.index.route(text, exclude=np.fromiter(forgotten, np.int64, len(forgotten)))
     if got.source is None:
-      raise ValueError(f"source {source_id}: no surviving source shares a word with its "
-                       "leading words, or every source is forgotten")
+      raise ValueError(
+        f"source {source_id}: no surviving source shares a word with its "
+        "leading words, or every source is forgotten"
+      )
     return got.source
 
 

@@ -37,6 +37,7 @@ from nullearn.switch import Switch
 @dataclasses.dataclass(frozen=True)
 class Sampling:
   """How the next token is chosen; temperature 0 is greedy (argmax)."""
+
   temperature: float = 0.0
   top_k: int = 0  # keep the k most likely tokens (0: all)
   top_p: float = 1.0  # keep the fewest most likely tokens whose mass reaches top_p
@@ -66,14 +67,26 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> tuple[LayerCache, .
   if cfg.scan_layers:
     shape = (cfg.num_layers, *shape)
     return LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
-  return tuple(LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
-               for _ in range(cfg.num_layers))
+  return tuple(
+    LayerCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+    for _ in range(cfg.num_layers)
+  )
 
 
-def sample(graphdef, params, prompts: Sequence[np.ndarray], switch: Switch | Sequence[Switch],
-           max_new_tokens: int, *, sampling: Sampling = GREEDY, eos_id: int | None = EOS_ID,
-           ledger: ledger_lib.Ledger | None = None, what: str = "switch",
-           vocab_limit: int | None = None, pad_to: int | None = None) -> Samples:
+def sample(
+  graphdef,
+  params,
+  prompts: Sequence[np.ndarray],
+  switch: Switch | Sequence[Switch],
+  max_new_tokens: int,
+  *,
+  sampling: Sampling = GREEDY,
+  eos_id: int | None = EOS_ID,
+  ledger: ledger_lib.Ledger | None = None,
+  what: str = "switch",
+  vocab_limit: int | None = None,
+  pad_to: int | None = None,
+) -> Samples:
   """Continues each prompt (token ids, BOS first) by up to `max_new_tokens` tokens.
 
   `eos_id=None` never stops early (EOS is a token like any other). A switch that
@@ -92,39 +105,66 @@ def sample(graphdef, params, prompts: Sequence[np.ndarray], switch: Switch | Seq
   tokens_BxP = np.zeros((len(prompts), P), np.int32)
   segment_ids_BxP = np.zeros((len(prompts), P), np.int32)
   for i, p in enumerate(prompts):
-    tokens_BxP[i, P - len(p):] = p
-    segment_ids_BxP[i, P - len(p):] = 1
+    tokens_BxP[i, P - len(p) :] = p
+    segment_ids_BxP[i, P - len(p) :] = 1
   ledger = ledger or ledger_lib.Ledger()
-  groups = ([(np.arange(len(prompts)), switch)] if isinstance(switch, Switch)
-            else _groups(switch, len(prompts)))
+  groups = (
+    [(np.arange(len(prompts)), switch)]
+    if isinstance(switch, Switch)
+    else _groups(switch, len(prompts))
+  )
   out = np.zeros((len(prompts), max_new_tokens), np.int32)
   out_lengths = np.zeros(len(prompts), np.int32)
   vocab_size = nnx.merge(graphdef, params).cfg.vocab_size if vocab_limit is None else vocab_limit
   for rows, s in groups:
-    new_BxN, n_B = _decode(graphdef, params, tokens_BxP[rows], segment_ids_BxP[rows],
-                           _per_row(ledger.check(s, what)), jax.random.key(sampling.seed),
-                           jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
-                           jnp.int32(-1 if eos_id is None else eos_id),
-                           max_new_tokens=max_new_tokens, top_k=sampling.top_k,
-                           vocab_limit=vocab_size)
+    new_BxN, n_B = _decode(
+      graphdef,
+      params,
+      tokens_BxP[rows],
+      segment_ids_BxP[rows],
+      _per_row(ledger.check(s, what)),
+      jax.random.key(sampling.seed),
+      jnp.float32(sampling.temperature),
+      jnp.float32(sampling.top_p),
+      jnp.int32(-1 if eos_id is None else eos_id),
+      max_new_tokens=max_new_tokens,
+      top_k=sampling.top_k,
+      vocab_limit=vocab_size,
+    )
     out[rows], out_lengths[rows] = np.asarray(new_BxN), np.asarray(n_B)
   return Samples(out, out_lengths)
 
 
-@functools.partial(jax.jit, static_argnums=(0,),
-                   static_argnames=("max_new_tokens", "top_k", "vocab_limit"))
-def _decode(graphdef, params, tokens_BxP, segment_ids_BxP, switch: Switch, key, temperature,
-            top_p, eos_id, *, max_new_tokens: int, top_k: int, vocab_limit: int):
+@functools.partial(
+  jax.jit, static_argnums=(0,), static_argnames=("max_new_tokens", "top_k", "vocab_limit")
+)
+def _decode(
+  graphdef,
+  params,
+  tokens_BxP,
+  segment_ids_BxP,
+  switch: Switch,
+  key,
+  temperature,
+  top_p,
+  eos_id,
+  *,
+  max_new_tokens: int,
+  top_k: int,
+  vocab_limit: int,
+):
   model = nnx.merge(graphdef, params)
   (B, P), N = tokens_BxP.shape, max_new_tokens
   segment_ids_BxL = jnp.concatenate([segment_ids_BxP, jnp.ones((B, N), jnp.int32)], axis=1)
   positions_BxP = jnp.maximum(jnp.cumsum(segment_ids_BxP, axis=1) - 1, 0)
   lengths_B = segment_ids_BxP.sum(axis=1)
-  pick = functools.partial(_pick, key=key, temperature=temperature, top_p=top_p, top_k=top_k,
-                           vocab_limit=vocab_limit)
+  pick = functools.partial(
+    _pick, key=key, temperature=temperature, top_p=top_p, top_k=top_k, vocab_limit=vocab_limit
+  )
 
-  h_BxPxD, cache = model.hidden_cached(tokens_BxP, positions_BxP, switch,
-                                       init_cache(model.cfg, B, P + N), 0, segment_ids_BxL)
+  h_BxPxD, cache = model.hidden_cached(
+    tokens_BxP, positions_BxP, switch, init_cache(model.cfg, B, P + N), 0, segment_ids_BxL
+  )
 
   def emit(i, logits_Bx1xV, done_B, out_BxN, n_B):
     next_B = pick(logits_Bx1xV[:, 0], i)
@@ -132,19 +172,25 @@ def _decode(graphdef, params, tokens_BxP, segment_ids_BxP, switch: Switch, key, 
     return next_B, done_B, out_BxN.at[:, i].set(jnp.where(done_B, 0, next_B)), n_B + ~done_B
 
   zeros_B = jnp.zeros((B,), jnp.int32)
-  state = (jnp.int32(1), *emit(0, model.logits(h_BxPxD[:, -1:]), zeros_B > 0,
-                    jnp.zeros((B, N), jnp.int32), zeros_B), cache, params)
+  state = (
+    jnp.int32(1),
+    *emit(0, model.logits(h_BxPxD[:, -1:]), zeros_B > 0, jnp.zeros((B, N), jnp.int32), zeros_B),
+    cache,
+    params,
+  )
 
   def step(state):
     i, last_B, done_B, out_BxN, n_B, cache, params = state
     # The weights ride in the loop state: scanned blocks must be merged from the loop's trace.
     model = nnx.merge(graphdef, params)
-    h_Bx1xD, cache = model.hidden_cached(last_B[:, None], (lengths_B + i - 1)[:, None], switch,
-                                         cache, P + i - 1, segment_ids_BxL)
+    h_Bx1xD, cache = model.hidden_cached(
+      last_B[:, None], (lengths_B + i - 1)[:, None], switch, cache, P + i - 1, segment_ids_BxL
+    )
     return (i + 1, *emit(i, model.logits(h_Bx1xD), done_B, out_BxN, n_B), cache, params)
 
   _, _, _, out_BxN, n_B, _, _ = jax.lax.while_loop(
-      lambda s: (s[0] < N) & ~jnp.all(s[2]), step, state)
+    lambda s: (s[0] < N) & ~jnp.all(s[2]), step, state
+  )
   return out_BxN, n_B
 
 
@@ -162,8 +208,9 @@ def _pick(logits_BxV, step, *, key, temperature, top_p, top_k: int, vocab_limit:
     x_BxV = jax.lax.cond(top_p < 1, functools.partial(_top_p, top_p=top_p), lambda x: x, x_BxV)
     return jax.random.categorical(jax.random.fold_in(key, step), x_BxV).astype(jnp.int32)
 
-  return jax.lax.cond(temperature > 0, draw,
-                      lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32), logits_BxV)
+  return jax.lax.cond(
+    temperature > 0, draw, lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32), logits_BxV
+  )
 
 
 def _top_p(x_BxV, top_p):
@@ -199,14 +246,26 @@ def _groups(switches: Sequence[Switch], rows: int) -> list[tuple[np.ndarray, Swi
   for (mode, excludes), idx in kinds.items():
     ids = None
     if mode == "source":
-      ids = np.concatenate([np.asarray(_per_row(switches[i]).source_ids).reshape(1, -1)
-                            for i in idx])
+      ids = np.concatenate(
+        [np.asarray(_per_row(switches[i]).source_ids).reshape(1, -1) for i in idx]
+      )
     exclude = None
     if excludes:
       sets = [np.unique(np.asarray(switches[i].exclude)) for i in idx]
       width = max(len(e) for e in sets)
-      exclude = (sets[0] if all(np.array_equal(e, sets[0]) for e in sets) else
-                 np.stack([np.pad(e, (0, width - len(e)), mode="edge") for e in sets]))
-    out.append((np.asarray(idx), Switch(mode, None if ids is None else jnp.asarray(ids),
-                                        None if exclude is None else jnp.asarray(exclude))))
+      exclude = (
+        sets[0]
+        if all(np.array_equal(e, sets[0]) for e in sets)
+        else np.stack([np.pad(e, (0, width - len(e)), mode="edge") for e in sets])
+      )
+    out.append(
+      (
+        np.asarray(idx),
+        Switch(
+          mode,
+          None if ids is None else jnp.asarray(ids),
+          None if exclude is None else jnp.asarray(exclude),
+        ),
+      )
+    )
   return out

@@ -23,8 +23,12 @@ def summarize(ratios: np.ndarray) -> dict[str, float]:
   r = np.asarray(ratios, np.float64)
   if r.size == 0:
     return {"n": 0, "median": float("nan"), "mean": float("nan"), "frac_above_1": float("nan")}
-  return {"n": int(r.size), "median": float(np.median(r)), "mean": float(np.mean(r)),
-          "frac_above_1": float(np.mean(r > 1.0))}
+  return {
+    "n": int(r.size),
+    "median": float(np.median(r)),
+    "mean": float(np.mean(r)),
+    "frac_above_1": float(np.mean(r > 1.0)),
+  }
 
 
 def tofu_ratio(ratios: np.ndarray) -> np.ndarray:

@@ -20,16 +20,17 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical name -> mesh axes. A name whose mesh axes do not divide the dimension
 # falls back to the longest prefix that does (5 KV heads on tensor=4: replicated).
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("layers", None),  # the stacked axis of scanned blocks: every device holds every layer
-    ("length", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
+  ("batch", ("data", "fsdp")),
+  ("layers", None),  # the stacked axis of scanned blocks: every device holds every layer
+  ("length", None),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("vocab", "tensor"),
 )
+
 
 def mesh_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
   """Resolves one -1 size to fill `num_devices`; fixed sizes may use fewer devices."""
@@ -42,28 +43,34 @@ def mesh_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
       raise ValueError(f"{num_devices} devices do not divide into mesh {sizes}")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) > num_devices:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
-                     f"devices, {num_devices} available")
+    raise ValueError(
+      f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+      f"devices, {num_devices} available"
+    )
   return tuple(sizes)
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
   sizes = mesh_sizes(data, fsdp, tensor, len(devices))
-  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices[:math.prod(sizes)])
+  return jax.make_mesh(
+    sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[: math.prod(sizes)]
+  )
 
 
 def abstract_mesh(data: int, fsdp: int, tensor: int, num_devices: int) -> AbstractMesh:
   """The mesh of a pod that is not here: shapes and shardings only, no devices."""
-  return AbstractMesh(mesh_sizes(data, fsdp, tensor, num_devices), MESH_AXES,
-                      axis_types=(AxisType.Auto,) * 3)
+  return AbstractMesh(
+    mesh_sizes(data, fsdp, tensor, num_devices), MESH_AXES, axis_types=(AxisType.Auto,) * 3
+  )
 
 
-def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules=LOGICAL_RULES) -> P:
+def logical_to_spec(
+  names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=LOGICAL_RULES
+) -> P:
   """Mesh PartitionSpec for a logically named array, respecting divisibility."""
   table = dict(rules)
   used: set[str] = set()
@@ -86,8 +93,10 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mes
 def tree_shardings(logical_tree, abstract_tree, mesh: Mesh, rules=LOGICAL_RULES):
   """NamedShardings for a pytree given a matching pytree of logical PartitionSpecs."""
   return jax.tree.map(
-      lambda names, x: NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)),
-      logical_tree, abstract_tree)
+    lambda names, x: NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)),
+    logical_tree,
+    abstract_tree,
+  )
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

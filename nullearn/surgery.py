@@ -34,8 +34,10 @@ def removed_sinks(geometry: SinkGeometry, ids, layer: int) -> np.ndarray:
   ids = np.asarray(ids, np.int64).reshape(-1)
   if not geometry.pool or not ids.size:
     return np.zeros((0,), np.int64)
-  parts = [np.asarray(geometry.sinks(ids[i:i + CHUNK].astype(np.uint32), layer)).reshape(-1)
-           for i in range(0, ids.size, CHUNK)]
+  parts = [
+    np.asarray(geometry.sinks(ids[i : i + CHUNK].astype(np.uint32), layer)).reshape(-1)
+    for i in range(0, ids.size, CHUNK)
+  ]
   return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
@@ -47,9 +49,11 @@ def remove_sinks(params, geometry: SinkGeometry, ids) -> dict:
   for layer, mlp in mlp_layers(params):
     cols = geometry.backbone + removed_sinks(geometry, ids, layer)
     block = dict(out["blocks"][layer])
-    block["mlp"] = {"w_gate": mlp["w_gate"].at[:, cols].set(0),
-                    "w_up": mlp["w_up"].at[:, cols].set(0),
-                    "w_down": mlp["w_down"].at[cols, :].set(0)}
+    block["mlp"] = {
+      "w_gate": mlp["w_gate"].at[:, cols].set(0),
+      "w_up": mlp["w_up"].at[:, cols].set(0),
+      "w_down": mlp["w_down"].at[cols, :].set(0),
+    }
     out["blocks"][layer] = block
   return stack_layers(out) if is_stacked(params) else out
 
@@ -68,7 +72,8 @@ def fold_switch(mlp: dict, geometry: SinkGeometry, switch: str) -> dict:
     nb = geometry.backbone
     return {"w_gate": w["w_gate"][:, :nb], "w_up": w["w_up"][:, :nb], "w_down": w["w_down"][:nb]}
   if switch == "expected":
-    scale_F = np.where(np.arange(geometry.width) < geometry.backbone, 1.0,
-                       geometry.active / geometry.pool).astype(np.float32)
+    scale_F = np.where(
+      np.arange(geometry.width) < geometry.backbone, 1.0, geometry.active / geometry.pool
+    ).astype(np.float32)
     return dict(w, w_down=w["w_down"] * scale_F[:, None])
   raise ValueError(f"--switch must be 'backbone' or 'expected', got {switch!r}")

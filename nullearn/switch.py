@@ -29,6 +29,7 @@ class GatheredSinks(NamedTuple):
   a row is never counted twice. Padding (segment 0) gets no sinks; it is never
   attended to nor trained on, so only its own outputs differ from the dense path.
   """
+
   columns_BxN: jax.Array  # int32 MLP columns
   on_BxTxN: jax.Array  # 1 where the column is one of the token's own sinks
 
@@ -43,6 +44,7 @@ class Switch:
   `exclude` is one set of ids for the whole batch, (E,), or one per row, (B, E)
   (pad a shorter row by repeating one of its ids).
   """
+
   mode: Mode = struct.field(pytree_node=False)
   source_ids: jax.Array | None = None  # uint32 BxT or Bx1, mode "source" only
   exclude: jax.Array | None = None  # uint32 (E,) or (B, E), forgotten sources
@@ -54,8 +56,10 @@ class Switch:
     if ids.ndim == 0:
       ids = ids.reshape(1, 1)
     elif ids.ndim != 2:
-      raise ValueError(f"source ids must be one id, ids per row (B, 1) or per token (B, T), "
-                       f"got shape {tuple(ids.shape)}")
+      raise ValueError(
+        f"source ids must be one id, ids per row (B, 1) or per token (B, T), "
+        f"got shape {tuple(ids.shape)}"
+      )
     return cls("source", ids, _exclude(exclude))
 
   @classmethod
@@ -76,13 +80,15 @@ class Switch:
     elif self.mode == "source":
       sinks_BxTxP = geometry.mask(self.source_ids, layer)
       on_F = jnp.concatenate(
-          [jnp.ones(self.source_ids.shape + (geometry.backbone,), bool), sinks_BxTxP], axis=-1)
+        [jnp.ones(self.source_ids.shape + (geometry.backbone,), bool), sinks_BxTxP], axis=-1
+      )
     else:
       raise ValueError(f"unknown switch mode {self.mode!r}")
     if self.exclude is not None:
       gone = self._gone(geometry, layer)
-      keep = jnp.concatenate([jnp.ones(gone.shape[:-1] + (geometry.backbone,), bool), ~gone],
-                             axis=-1)
+      keep = jnp.concatenate(
+        [jnp.ones(gone.shape[:-1] + (geometry.backbone,), bool), ~gone], axis=-1
+      )
       on_F = jnp.where(keep, on_F, 0)
     return on_F.astype(dtype)
 
@@ -92,8 +98,9 @@ class Switch:
       return geometry.union(self.exclude, layer)
     return geometry.mask(self.exclude, layer).any(axis=-2)[:, None, :]
 
-  def gathered(self, geometry: SinkGeometry, segment_ids_BxT, max_segments: int, dtype,
-               layer: int = 0) -> GatheredSinks:
+  def gathered(
+    self, geometry: SinkGeometry, segment_ids_BxT, max_segments: int, dtype, layer: int = 0
+  ) -> GatheredSinks:
     """The "source" selection as per-row sink columns for rows of at most `max_segments` docs."""
     if self.mode != "source":
       raise ValueError(f"gathered sinks need mode 'source', not {self.mode!r}")
@@ -108,11 +115,11 @@ class Switch:
     if self.exclude is not None:
       gone = self._gone(geometry, layer)
       sinks_BxN = sinks_BxMxA.reshape(B, -1)
-      gone_BxN = (gone[sinks_BxN] if gone.ndim == 1
-                  else jnp.take_along_axis(gone[:, 0, :], sinks_BxN, axis=1))
+      gone_BxN = (
+        gone[sinks_BxN] if gone.ndim == 1 else jnp.take_along_axis(gone[:, 0, :], sinks_BxN, axis=1)
+      )
       on_BxTxN = on_BxTxN & ~gone_BxN[:, None, :]
-    return GatheredSinks((geometry.backbone + sinks_BxMxA).reshape(B, -1),
-                         on_BxTxN.astype(dtype))
+    return GatheredSinks((geometry.backbone + sinks_BxMxA).reshape(B, -1), on_BxTxN.astype(dtype))
 
 
 def _ids(ids, what: str) -> jax.Array:

@@ -43,6 +43,7 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """Everything about a run that follows from its config, before any array exists."""
+
   model_cfg: ModelConfig
   graphdef: Any
   tx: optax.GradientTransformation
@@ -54,8 +55,9 @@ class Setup:
   seed: int
 
 
-def make_setup(config: ml_collections.ConfigDict, steps: int,
-               mesh: jax.sharding.Mesh | None = None) -> Setup:
+def make_setup(
+  config: ml_collections.ConfigDict, steps: int, mesh: jax.sharding.Mesh | None = None
+) -> Setup:
   model_cfg = ModelConfig.from_config(config.model)
   mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   graphdef, params, logical = model_lib.abstract(model_cfg)
@@ -64,12 +66,17 @@ def make_setup(config: ml_collections.ConfigDict, steps: int,
   opt_state = jax.eval_shape(tx.init, params)
   param_sh = sharding.tree_shardings(logical, params, mesh)
   opt_sh = optax.tree_map_params(
-      tx, lambda _, s: s, opt_state, param_sh,
-      transform_non_params=lambda _: sharding.replicated(mesh))
+    tx,
+    lambda _, s: s,
+    opt_state,
+    param_sh,
+    transform_non_params=lambda _: sharding.replicated(mesh),
+  )
   abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state)
   shardings = TrainState(sharding.replicated(mesh), param_sh, opt_sh)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+  )
   return Setup(model_cfg, graphdef, tx, schedule, mesh, abstract, shardings, steps, config.seed)
 
 
@@ -78,13 +85,15 @@ def init_state(setup: Setup) -> TrainState:
     model = Transformer(setup.model_cfg, nnx.Rngs(setup.seed))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return TrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
+
   return jax.jit(init, out_shardings=setup.state_shardings)()
 
 
 def loss_fn(params, graphdef, batch):
   model = nnx.merge(graphdef, params)
-  logits = model(batch["inputs"], batch["segment_ids"], batch["positions"],
-                 Switch.sources(batch["source_ids"]))
+  logits = model(
+    batch["inputs"], batch["segment_ids"], batch["positions"], Switch.sources(batch["source_ids"])
+  )
   return losses.mean_nll(logits, batch["targets"], batch["weights"])
 
 
@@ -93,17 +102,25 @@ def make_train_step(setup: Setup):
 
   def step(state: TrainState, batch):
     (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, setup.graphdef, batch)
+      state.params, setup.graphdef, batch
+    )
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
-               "lr": setup.schedule(state.step)}
+    metrics = {
+      "loss": loss,
+      "grad_norm": optax.tree.norm(grads),
+      "tokens": tokens,
+      "lr": setup.schedule(state.step),
+    }
     return TrainState(state.step + 1, params, opt_state), metrics
 
   batch_sh = {k: sharding.batch_sharding(setup.mesh) for k in pipeline.BATCH_KEYS}
-  return jax.jit(step, in_shardings=(setup.state_shardings, batch_sh),
-                 out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
-                 donate_argnums=0)
+  return jax.jit(
+    step,
+    in_shardings=(setup.state_shardings, batch_sh),
+    out_shardings=(setup.state_shardings, sharding.replicated(setup.mesh)),
+    donate_argnums=0,
+  )
 
 
 def device_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh):
@@ -127,6 +144,7 @@ class _Preemption:
   (on with jax.distributed) agrees on one step at which every host stops, since
   hosts that stopped at different steps would hang in the collective save.
   """
+
   _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
@@ -161,8 +179,9 @@ class _Preemption:
       signal.signal(s, previous)
 
 
-def resolve_steps(config: ml_collections.ConfigDict, data: TrainingSet,
-                  tokenizer: Tokenizer) -> int:
+def resolve_steps(
+  config: ml_collections.ConfigDict, data: TrainingSet, tokenizer: Tokenizer
+) -> int:
   """`train.steps`, or the number of batches in `train.epochs` passes over the training set.
 
   Every process counts the whole set, so all agree on the number of steps.
@@ -170,55 +189,93 @@ def resolve_steps(config: ml_collections.ConfigDict, data: TrainingSet,
   if config.train.steps > 0:
     return int(config.train.steps)
   if not isinstance(data.documents, tuple):
-    raise ValueError("train.steps: set it for a corpus read lazily (TFDS); counting epochs "
-                     "would tokenize all of it first")
-  one_epoch = pipeline.make_dataset(config, data, tokenizer, num_epochs=1, shard_index=0,
-                                    shard_count=1)
+    raise ValueError(
+      "train.steps: set it for a corpus read lazily (TFDS); counting epochs "
+      "would tokenize all of it first"
+    )
+  one_epoch = pipeline.make_dataset(
+    config, data, tokenizer, num_epochs=1, shard_index=0, shard_count=1
+  )
   return max(1, math.ceil(pipeline.count_batches(one_epoch) * config.train.epochs))
 
 
 # Model fields that change the parameters or what they compute (not how: remat, sink_impl,
 # scan_layers; the last changes how they are stored, `param_layout`).
-_ARCHITECTURE = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                 "rope_base", "norm_eps", "tie_embeddings", "param_dtype")
+_ARCHITECTURE = (
+  "vocab_size",
+  "d_model",
+  "num_layers",
+  "num_heads",
+  "num_kv_heads",
+  "head_dim",
+  "rope_base",
+  "norm_eps",
+  "tie_embeddings",
+  "param_dtype",
+)
 # Train fields that a resumed run must keep, or its schedule would change under it.
-_SCHEDULE = ("epochs", "lr", "end_lr_ratio", "warmup_steps", "weight_decay", "b1", "b2", "eps",
-             "grad_clip")
+_SCHEDULE = (
+  "epochs",
+  "lr",
+  "end_lr_ratio",
+  "warmup_steps",
+  "weight_decay",
+  "b1",
+  "b2",
+  "eps",
+  "grad_clip",
+)
 
 
 def run_metadata(config, setup: Setup, tokenizer: Tokenizer, data: TrainingSet) -> dict[str, Any]:
   """What the run is, saved with every checkpoint and compared on resume and in eval."""
   model = config.model
-  return {"config": json.loads(config.to_json()),
-          "sink_geometry": setup.model_cfg.geometry.to_dict(),
-          "architecture": {k: model[k] for k in _ARCHITECTURE},
-          "tokenizer": tokenizer.fingerprint,
-          "data": data.provenance(),
-          "schedule": {"steps": setup.steps, "batch_size": config.data.batch_size,
-                       "seq_len": config.data.seq_len, "shuffle_seed": config.data.shuffle_seed,
-                       "seed": config.seed, **{k: config.train[k] for k in _SCHEDULE}},
-          "param_layout": "stacked" if setup.model_cfg.scan_layers else "per_layer",
-          "steps": setup.steps}
+  return {
+    "config": json.loads(config.to_json()),
+    "sink_geometry": setup.model_cfg.geometry.to_dict(),
+    "architecture": {k: model[k] for k in _ARCHITECTURE},
+    "tokenizer": tokenizer.fingerprint,
+    "data": data.provenance(),
+    "schedule": {
+      "steps": setup.steps,
+      "batch_size": config.data.batch_size,
+      "seq_len": config.data.seq_len,
+      "shuffle_seed": config.data.shuffle_seed,
+      "seed": config.seed,
+      **{k: config.train[k] for k in _SCHEDULE},
+    },
+    "param_layout": "stacked" if setup.model_cfg.scan_layers else "per_layer",
+    "steps": setup.steps,
+  }
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """One-line errors for settings that would otherwise fail steps later, or silently."""
   t, d = config.train, config.data
-  for name, value, low in (("train.steps", t.steps, 0),
-                           ("train.checkpoint_every", t.checkpoint_every, 1),
-                           ("train.log_every", t.log_every, 1),
-                           ("train.keep_checkpoints", t.keep_checkpoints, 1),
-                           ("data.batch_size", d.batch_size, 1), ("data.seq_len", d.seq_len, 2)):
+  for name, value, low in (
+    ("train.steps", t.steps, 0),
+    ("train.checkpoint_every", t.checkpoint_every, 1),
+    ("train.log_every", t.log_every, 1),
+    ("train.keep_checkpoints", t.keep_checkpoints, 1),
+    ("data.batch_size", d.batch_size, 1),
+    ("data.seq_len", d.seq_len, 2),
+  ):
     if value < low:
       raise ValueError(f"{name}: must be >= {low}, got {value}")
   if t.steps == 0 and not t.epochs > 0:
     raise ValueError(f"train.epochs: must be > 0 when train.steps is 0, got {t.epochs}")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
-          corpus: Corpus | Sequence[Document], tokenizer: Tokenizer, *,
-          mesh: jax.sharding.Mesh | None = None, stop_after: int | None = None,
-          writer: MetricWriter | None = None) -> TrainResult:
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str | epath.PathLike,
+  corpus: Corpus | Sequence[Document],
+  tokenizer: Tokenizer,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  stop_after: int | None = None,
+  writer: MetricWriter | None = None,
+) -> TrainResult:
   """Trains (or resumes) the run in `workdir` on `corpus` minus the sources its config
   leaves out; `stop_after` ends early at that step.
 
@@ -228,8 +285,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
   workdir = epath.Path(workdir)
   check_config(config)
   if tokenizer.vocab_size > config.model.vocab_size:
-    raise ValueError(f"model.vocab_size: the tokenizer has {tokenizer.vocab_size} pieces but "
-                     f"model.vocab_size is {config.model.vocab_size}")
+    raise ValueError(
+      f"model.vocab_size: the tokenizer has {tokenizer.vocab_size} pieces but "
+      f"model.vocab_size is {config.model.vocab_size}"
+    )
   data = corpus_lib.training_set(corpus, config)
   steps = resolve_steps(config, data, tokenizer)
   setup = make_setup(config, steps, mesh)
@@ -244,8 +303,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
     raise
   own_writer = writer is None
   writer = writer or MetricWriter(workdir)
-  writer.text(f"training on {len(data.documents):,} documents ({len(data.excluded)} sources "
-              f"excluded, {len(data.heldout)} held out), {steps:,} steps")
+  writer.text(
+    f"training on {len(data.documents):,} documents ({len(data.excluded)} sources "
+    f"excluded, {len(data.heldout)} held out), {steps:,} steps"
+  )
   writer.text(flops_note(setup.model_cfg, config.data.seq_len))
   for note in notes:
     writer.text(note)
@@ -254,8 +315,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
   start = int(state.step)
   end = min(steps, stop_after) if stop_after is not None else steps
   step_fn = make_train_step(setup)
-  bar = tqdm.tqdm(total=end, initial=start, desc=workdir.name, dynamic_ncols=True, leave=False,
-                  disable=not (writer.interactive and config.train.progress))
+  bar = tqdm.tqdm(
+    total=end,
+    initial=start,
+    desc=workdir.name,
+    dynamic_ncols=True,
+    leave=False,
+    disable=not (writer.interactive and config.train.progress),
+  )
   meter = _Meter(config, setup, writer, bar)
   preempted = False
   with jax.set_mesh(setup.mesh), _Preemption() as preemption:
@@ -283,9 +350,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
 def flops_note(model_cfg: ModelConfig, seq_len: int) -> str:
   executed = flops.train_flops_per_token(model_cfg, seq_len)
   dense = flops.dense_train_flops_per_token(model_cfg, seq_len)
-  return (f"train FLOPs per token: {executed:.4g} executed ({model_cfg.sink_impl}, "
-          f"{flops.mlp_columns(model_cfg):,} MLP columns a token; MFU counts these), "
-          f"{dense:.4g} dense-equivalent")
+  return (
+    f"train FLOPs per token: {executed:.4g} executed ({model_cfg.sink_impl}, "
+    f"{flops.mlp_columns(model_cfg):,} MLP columns a token; MFU counts these), "
+    f"{dense:.4g} dense-equivalent"
+  )
 
 
 class _Meter:
@@ -322,9 +391,12 @@ class _Meter:
     now = time.perf_counter()
     seconds, self._last = now - self._last, now
     record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    record.update(step=step, step_time=seconds,
-                  tokens_per_sec=self.tokens / seconds,
-                  tokens_per_sec_per_device=self.tokens / seconds / jax.device_count())
+    record.update(
+      step=step,
+      step_time=seconds,
+      tokens_per_sec=self.tokens / seconds,
+      tokens_per_sec_per_device=self.tokens / seconds / jax.device_count(),
+    )
     if self.peak:
       record["mfu"] = self.flops / seconds / (self.peak * jax.device_count())
     self.history.append(record)
@@ -368,13 +440,16 @@ def _init_or_restore(setup: Setup, ckpt: ckpt_lib.Checkpointer, data_iter, meta,
     except Exception as e:  # noqa: BLE001
       errors.append(f"{where}: {type(e).__name__}: {e}")
       skipped.append(step)
-      note(f"WARNING: {where} is corrupt or partial ({type(e).__name__}); "
-           "trying an older checkpoint")
+      note(
+        f"WARNING: {where} is corrupt or partial ({type(e).__name__}); trying an older checkpoint"
+      )
       continue
     for bad in skipped:
       note(f"WARNING: moved unreadable checkpoint to {ckpt.quarantine(bad)}")
     note(f"resuming from {where}" + (f" (skipped {len(errors)} unreadable)" if errors else ""))
     return state
   raise ckpt_lib.CorruptCheckpointError(
-      "no checkpoint could be restored:\n  " + "\n  ".join(errors)
-      + "\nMove the checkpoints directory away to start over.")
+    "no checkpoint could be restored:\n  "
+    + "\n  ".join(errors)
+    + "\nMove the checkpoints directory away to start over."
+  )

@@ -63,8 +63,9 @@ def npo_loss(logp_B, logp_ref_B, beta: float = 0.1, nll_retain_B=None) -> jax.Ar
 def _row_nll(graphdef, params, batch: Batch) -> jax.Array:
   """Summed NLL of each row, B: the batch loss every loop and `heldout_nll` share."""
   arrays, switch = batch
-  logits = nnx.merge(graphdef, params)(arrays["inputs"], arrays["segment_ids"],
-                                       arrays["positions"], switch)
+  logits = nnx.merge(graphdef, params)(
+    arrays["inputs"], arrays["segment_ids"], arrays["positions"], switch
+  )
   return losses.sequence_nll(logits, arrays["targets"], arrays["weights"])
 
 
@@ -87,8 +88,11 @@ def _next_token_objective(nll_of, inputs) -> jax.Array:
   return jnp.sum(nll_of(inputs["rows"])) / jnp.maximum(jnp.sum(arrays["weights"]), 1.0)
 
 
-_OBJECTIVES: dict[str, Objective] = {"ga": _ga_objective, "gd": _gd_objective,
-                                     "npo": _npo_objective}
+_OBJECTIVES: dict[str, Objective] = {
+  "ga": _ga_objective,
+  "gd": _gd_objective,
+  "npo": _npo_objective,
+}
 
 
 def _optimizer(lr) -> optax.GradientTransformation:
@@ -114,8 +118,15 @@ def _step(graphdef, objective: Objective, params, opt_state, inputs, lr):
   return optax.apply_updates(params, updates), opt_state, loss
 
 
-def _descend(run: Run, params, objective: Objective, inputs: Iterator[Any], steps: int,
-             lr: float, on_step: StepFn | None) -> Iterator[Any]:
+def _descend(
+  run: Run,
+  params,
+  objective: Objective,
+  inputs: Iterator[Any],
+  steps: int,
+  lr: float,
+  on_step: StepFn | None,
+) -> Iterator[Any]:
   """Yields the params after each of `steps` optimizer steps, one item of `inputs` each."""
   params, opt_state = _start(params)
   for i, step_inputs in zip(range(steps), inputs):
@@ -152,8 +163,9 @@ def _batch(rows: Rows, idx: np.ndarray, switch_for: RowSwitchFn) -> Batch:
   return {k: rows[k][idx] for k in _MODEL_KEYS}, switch_for(rows["source_ids"][idx])
 
 
-def _batches(rows: Rows, batch_size: int, switch_for: RowSwitchFn,
-             seed: int, stream: int) -> Iterator[Batch]:
+def _batches(
+  rows: Rows, batch_size: int, switch_for: RowSwitchFn, seed: int, stream: int
+) -> Iterator[Batch]:
   """Endless batches of `batch_size` rows, reshuffled every pass; deterministic in the seed."""
   n = len(rows["inputs"])
   rng = np.random.default_rng([seed, stream])
@@ -165,10 +177,21 @@ def _batches(rows: Rows, batch_size: int, switch_for: RowSwitchFn,
     order = order[batch_size:]
 
 
-def unlearn(run: Run, rows_forget: Rows, *, method: Method, steps: int = 50, lr: float = 1e-4,
-            batch_size: int = 16, rows_retain: Rows | None = None,
-            switch_for: RowSwitchFn | None = None, params=None, beta: float = 0.1,
-            seed: int = 0, on_step: StepFn | None = None):
+def unlearn(
+  run: Run,
+  rows_forget: Rows,
+  *,
+  method: Method,
+  steps: int = 50,
+  lr: float = 1e-4,
+  batch_size: int = 16,
+  rows_retain: Rows | None = None,
+  switch_for: RowSwitchFn | None = None,
+  params=None,
+  beta: float = 0.1,
+  seed: int = 0,
+  on_step: StepFn | None = None,
+):
   """Post-hoc unlearning of `rows_forget` from `params` (default `run.params`).
 
   "gd" needs `rows_retain`; "npo" adds their NLL when given, and its reference
@@ -199,9 +222,14 @@ def unlearn(run: Run, rows_forget: Rows, *, method: Method, steps: int = 50, lr:
   return params
 
 
-def _unlearning_inputs(run: Run, ref_params, method: Method, beta: float,
-                       forget: Iterator[Batch], retain: Iterator[Batch] | None
-                       ) -> Iterator[dict[str, Any]]:
+def _unlearning_inputs(
+  run: Run,
+  ref_params,
+  method: Method,
+  beta: float,
+  forget: Iterator[Batch],
+  retain: Iterator[Batch] | None,
+) -> Iterator[dict[str, Any]]:
   """Each step's batches; NPO's reference log-likelihoods come from the frozen start (no grad)."""
   for forget_batch in forget:
     inputs = {"forget": forget_batch}
@@ -222,10 +250,18 @@ def _check_step_counts(step_counts: Iterable[int]) -> list[int]:
   return counts
 
 
-def finetune_snapshots(run: Run, rows: Rows, *, step_counts: Iterable[int] = (1, 2, 5, 10, 20, 50),
-                       lr: float = 1e-4, batch_size: int = 16,
-                       switch_for: RowSwitchFn | None = None, params=None, seed: int = 0,
-                       on_step: StepFn | None = None) -> dict[int, Any]:
+def finetune_snapshots(
+  run: Run,
+  rows: Rows,
+  *,
+  step_counts: Iterable[int] = (1, 2, 5, 10, 20, 50),
+  lr: float = 1e-4,
+  batch_size: int = 16,
+  switch_for: RowSwitchFn | None = None,
+  params=None,
+  seed: int = 0,
+  on_step: StepFn | None = None,
+) -> dict[int, Any]:
   """Plain next-token fine-tuning on `rows` (the relearning attack), params after each count.
 
   One run of max(step_counts) steps, snapshots taken on the way; 0 gives the
@@ -245,8 +281,9 @@ def finetune_snapshots(run: Run, rows: Rows, *, step_counts: Iterable[int] = (1,
   return snapshots
 
 
-def heldout_nll(run: Run, rows: Rows, *, switch_for: RowSwitchFn | None = None, params=None,
-                batch_size: int = 64) -> float:
+def heldout_nll(
+  run: Run, rows: Rows, *, switch_for: RowSwitchFn | None = None, params=None, batch_size: int = 64
+) -> float:
   """Mean NLL per weighted token of `rows` (not per row), in batches of one compiled shape.
 
   The last batch is padded with copies of the last row at weight 0.

@@ -24,8 +24,13 @@ from etils import epath
 class MetricWriter:
   """Only JAX process 0 writes, so a pod produces one log, not one per host."""
 
-  def __init__(self, logdir: str | epath.PathLike | None, *, prefix: str = "",
-               remote_flush_seconds: float = 60.0):
+  def __init__(
+    self,
+    logdir: str | epath.PathLike | None,
+    *,
+    prefix: str = "",
+    remote_flush_seconds: float = 60.0,
+  ):
     self.enabled = jax.process_index() == 0
     self.prefix = f"[{prefix}] " if prefix else ""
     self.stdout = self.enabled
@@ -38,6 +43,7 @@ class MetricWriter:
       logdir.mkdir(parents=True, exist_ok=True)
       self._jsonl = _JsonlFile(logdir / "metrics.jsonl", remote_flush_seconds)
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(str(logdir / "tb"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -111,5 +117,6 @@ def _fmt(v: float) -> str:
 
 def progress(iterable, desc: str | None = None, total: int | None = None):
   """A progress bar on a terminal only: a log file gets no carriage-return bars."""
-  return tqdm.tqdm(iterable, desc=desc, total=total, leave=False,
-                   disable=desc is None or not sys.stderr.isatty())
+  return tqdm.tqdm(
+    iterable, desc=desc, total=total, leave=False, disable=desc is None or not sys.stderr.isatty()
+  )

@@ -108,8 +108,10 @@ class Cloud:
         part = copy.with_name(copy.name + ".part")
         part.write_bytes(path.read_bytes())
         part.replace(copy)
-        print(f"Copying {source_url.rstrip('/')}/{name} to {target_url.rstrip('/')}/{name}",
-              file=sys.stderr)
+        print(
+          f"Copying {source_url.rstrip('/')}/{name} to {target_url.rstrip('/')}/{name}",
+          file=sys.stderr,
+        )
 
   # Queued resources, on root/slices.
 
@@ -137,8 +139,10 @@ class Cloud:
     if verb == "create":
       self.create(name, options)
     elif record is None:
-      fail(f"NOT_FOUND: Resource 'projects/fake/locations/{options['zone']}/queuedResources/"
-           f"{name}' was not found")
+      fail(
+        f"NOT_FOUND: Resource 'projects/fake/locations/{options['zone']}/queuedResources/"
+        f"{name}' was not found"
+      )
     elif verb == "describe":
       if options.get("format") != "value(state.state)":
         fail(f"unsupported --format: {options.get('format')}", 2)
@@ -169,8 +173,9 @@ class Cloud:
     count = int(cores) // 8
     port = free_port()
     workers = [self.boot(disks / f"worker-{i}", script, i, count, port) for i in range(count)]
-    self.save(name, {"state": "ACTIVE", "options": options, "generation": generation,
-                     "workers": workers})
+    self.save(
+      name, {"state": "ACTIVE", "options": options, "generation": generation, "workers": workers}
+    )
 
   def boot(self, disk: pathlib.Path, script: str, worker: int, count: int, port: int) -> int:
     """Starts a worker's startup script in a session of its own; returns its process group."""
@@ -178,13 +183,24 @@ class Cloud:
       shutil.copytree(self.root / "image", disk, symlinks=True)
     disk.mkdir(parents=True, exist_ok=True)
     (disk / "startup-script").write_text(script)
-    env = {**os.environ, "HOME": str(disk), "REMOTE_DIR": str(disk / "nullearn"),
-           "NULLEARN_WORKER": str(worker), "NULLEARN_NUM_WORKERS": str(count),
-           "NULLEARN_COORDINATOR": f"localhost:{port}"}
+    env = {
+      **os.environ,
+      "HOME": str(disk),
+      "REMOTE_DIR": str(disk / "nullearn"),
+      "NULLEARN_WORKER": str(worker),
+      "NULLEARN_NUM_WORKERS": str(count),
+      "NULLEARN_COORDINATOR": f"localhost:{port}",
+    }
     with open(disk / "journal.log", "ab") as journal:
-      proc = subprocess.Popen(["bash", str(disk / "startup-script")], cwd=disk, env=env,
-                              stdin=subprocess.DEVNULL, stdout=journal, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+      proc = subprocess.Popen(
+        ["bash", str(disk / "startup-script")],
+        cwd=disk,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=journal,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+      )
     return proc.pid
 
   def preempt(self, name: str) -> None:

@@ -1,7 +1,7 @@
 """Saves or loads a run on a given number of (fake CPU) devices: checkpoints across topologies.
 
-  python tests/portable_worker.py DEVICES save WORKDIR TOKENIZER   # train on a DEVICES-wide mesh
-  python tests/portable_worker.py DEVICES load WORKDIR OUT.npy    # load_run, logits of a row
+python tests/portable_worker.py DEVICES save WORKDIR TOKENIZER   # train on a DEVICES-wide mesh
+python tests/portable_worker.py DEVICES load WORKDIR OUT.npy    # load_run, logits of a row
 """
 
 import os
@@ -15,6 +15,7 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={sys.argv[1]}
 
 def row():
   import numpy as np
+
   tokens = (np.arange(24, dtype=np.int32) * 7 % 500 + 4)[None]
   seg = np.ones_like(tokens)
   return tokens, seg, np.arange(24, dtype=np.int32)[None], np.full_like(tokens, 5)
@@ -28,6 +29,7 @@ def main():
   from nullearn.data import factworld
   from nullearn.data.tokenizer import Tokenizer
   from nullearn.switch import Switch
+
   devices, mode, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
   assert jax.device_count() == devices
   tokens, seg, pos, src = row()

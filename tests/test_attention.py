@@ -10,8 +10,18 @@ from nullearn import attention
 from nullearn.model import ModelConfig, Transformer
 from nullearn.switch import Switch
 
-CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=8, backbone=8, pool=64, active=4, attention="reference")
+CFG = ModelConfig(
+  vocab_size=64,
+  d_model=32,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  backbone=8,
+  pool=64,
+  active=4,
+  attention="reference",
+)
 
 
 def packed_rows(B=3, T=128, seed=0):
@@ -34,11 +44,9 @@ def qkv(B, T, H, G, K, seed=0):
 
 def test_segment_causal_mask_by_hand():
   seg = jnp.asarray([[1, 1, 2, 2, 0]])
-  expected = np.asarray([[1, 0, 0, 0, 0],
-                         [1, 1, 0, 0, 0],
-                         [0, 0, 1, 0, 0],
-                         [0, 0, 1, 1, 0],
-                         [0, 0, 0, 0, 1]], bool)
+  expected = np.asarray(
+    [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]], bool
+  )
   np.testing.assert_array_equal(attention.segment_causal_mask(seg)[0], expected)
 
 
@@ -90,10 +98,17 @@ def test_a_kernel_of_another_backend_is_a_one_line_error(impl, needs):
     pytest.skip(f"this host has a {needs}")
   model = Transformer(dataclasses.replace(CFG, attention=impl), nnx.Rngs(0))
   seg, pos = packed_rows(B=1, T=16)
-  with pytest.raises(ValueError, match=f"^model.attention: '{impl}' runs on {needs} only, "
-                     f"this host's backend is {jax.default_backend()}$"):
-    model(jnp.ones((1, 16), jnp.int32), jnp.asarray(seg), jnp.asarray(pos),
-          Switch.sources(jnp.full((1, 16), 3)))
+  with pytest.raises(
+    ValueError,
+    match=f"^model.attention: '{impl}' runs on {needs} only, "
+    f"this host's backend is {jax.default_backend()}$",
+  ):
+    model(
+      jnp.ones((1, 16), jnp.int32),
+      jnp.asarray(seg),
+      jnp.asarray(pos),
+      Switch.sources(jnp.full((1, 16), 3)),
+    )
   with pytest.raises(ValueError, match="attention must be one of"):
     dataclasses.replace(CFG, attention="flash")
 

@@ -46,20 +46,46 @@ def _records(world) -> dict[str, list[dict]]:
     texts = pick(n)
     if i == 1:
       texts[0] = "été au Kanor"  # more bytes than characters
-    arc.append({"id": f"q{i}", "question": sentences[i] + "?", "answerKey": letters[i % n],
-                "choices": {"text": texts, "label": list(letters)}})
+    arc.append(
+      {
+        "id": f"q{i}",
+        "question": sentences[i] + "?",
+        "answerKey": letters[i % n],
+        "choices": {"text": texts, "label": list(letters)},
+      }
+    )
     tokens = sentences[20 + i].split()
     blank = 1 + i % (len(tokens) - 1)
     option1, option2 = pick(2)
-    wino.append({"sentence": " ".join(tokens[:blank] + ["_"] + tokens[blank + 1:]),
-                 "option1": option1 + (" " if i == 3 else ""),  # trailing space joins the target
-                 "option2": option2, "label": "12"[i % 2]})
-    piqa.append({"id": f"p{i}", "goal": sentences[40 + i], "sol1": sentences[50 + i],
-                 "sol2": sentences[60 + i], "label": i % 2})
+    wino.append(
+      {
+        "sentence": " ".join(tokens[:blank] + ["_"] + tokens[blank + 1 :]),
+        "option1": option1 + (" " if i == 3 else ""),  # trailing space joins the target
+        "option2": option2,
+        "label": "12"[i % 2],
+      }
+    )
+    piqa.append(
+      {
+        "id": f"p{i}",
+        "goal": sentences[40 + i],
+        "sol1": sentences[50 + i],
+        "sol2": sentences[60 + i],
+        "label": i % 2,
+      }
+    )
     d1, d2, d3, correct = pick(4)
-    support = ("  " if i % 2 else "") + ". ".join(sentences[70 + 3 * i:73 + 3 * i]) * (1 + i % 2)
-    sciq.append({"question": sentences[100 + i] + "?", "distractor1": d1, "distractor2": d2,
-                 "distractor3": d3, "correct_answer": correct, "support": support})
+    support = ("  " if i % 2 else "") + ". ".join(sentences[70 + 3 * i : 73 + 3 * i]) * (1 + i % 2)
+    sciq.append(
+      {
+        "question": sentences[100 + i] + "?",
+        "distractor1": d1,
+        "distractor2": d2,
+        "distractor3": d3,
+        "correct_answer": correct,
+        "support": support,
+      }
+    )
   return {"ai2_arc": arc, "winogrande": wino, "piqa": piqa, "sciq": sciq}
 
 
@@ -72,11 +98,13 @@ def mocked(records):
     del kwargs
     seen.append((builder.name, split))
     features = builder.info.features
-    return [features.deserialize_example_np(features.serialize_example(r))
-            for r in records[builder.name]]
+    return [
+      features.deserialize_example_np(features.serialize_example(r)) for r in records[builder.name]
+    ]
 
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                              as_data_source_fn=as_data_source):
+  with tfds.testing.mock_data(
+    policy=tfds.testing.MockPolicy.USE_CODE, as_data_source_fn=as_data_source
+  ):
     yield seen
 
 
@@ -106,12 +134,17 @@ def runs(workdirs):
 
 # The slow reference: lm-eval's formatting and scoring written out again, one row at a time.
 
+
 def _reference_pairs(name, r):
   """(context, continuation) per choice, lm-eval's choice strings, gold, routing query."""
   if name == "ai2_arc":
     context = f"Question: {r['question']}\nAnswer:"
-    return ([(context, " " + t) for t in r["choices"]["text"]], r["choices"]["text"],
-            r["choices"]["label"].index(r["answerKey"]), context)
+    return (
+      [(context, " " + t) for t in r["choices"]["text"]],
+      r["choices"]["text"],
+      r["choices"]["label"].index(r["answerKey"]),
+      context,
+    )
   if name == "piqa":
     context = f"Question: {r['goal']}\nAnswer:"
     choices = [r["sol1"], r["sol2"]]
@@ -122,22 +155,22 @@ def _reference_pairs(name, r):
     return [(context, " " + c) for c in choices], choices, 3, context
   cut = r["sentence"].index("_")
   choices = [r["sentence"][:cut] + r["option1"], r["sentence"][:cut] + r["option2"]]
-  target = " " + r["sentence"][cut + 1:].strip()
+  target = " " + r["sentence"][cut + 1 :].strip()
   return [(c, target) for c in choices], choices, int(r["label"]) - 1, r["sentence"]
 
 
 def _reference_loglik(run, forward, context, continuation, switch):
   if context != context.rstrip():
-    moved = context[len(context.rstrip()):]
+    moved = context[len(context.rstrip()) :]
     context, continuation = context.rstrip(), moved + continuation
   whole = run.tokenizer.encode(context + continuation)
   context_ids = run.tokenizer.encode(context)
-  continuation_ids = whole[len(context_ids):]
+  continuation_ids = whole[len(context_ids) :]
   full = [BOS_ID] + context_ids + continuation_ids
   seq = [BOS_ID] + full[1:][-MAX_LEN:]  # too long: the oldest tokens after BOS go
   # One row, right-padded to one width (causal: the padding changes nothing before it).
   inputs = np.zeros((1, MAX_LEN), np.int32)
-  inputs[0, :len(seq) - 1] = seq[:-1]
+  inputs[0, : len(seq) - 1] = seq[:-1]
   logits = forward(run.params, inputs, (inputs > 0).astype(np.int32), switch)
   logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float64), axis=-1))
   k = min(len(continuation_ids), len(seq) - 1)
@@ -147,8 +180,11 @@ def _reference_loglik(run, forward, context, continuation, switch):
 
 def reference(run, name, raw, switch_of_query):
   """Per-question log-likelihoods, acc and acc_norm, and whether a context was cut."""
-  forward = jax.jit(lambda params, tokens, segments, switch: nnx.merge(run.graphdef, params)(
-      tokens, segments, np.arange(MAX_LEN)[None], switch))
+  forward = jax.jit(
+    lambda params, tokens, segments, switch: nnx.merge(run.graphdef, params)(
+      tokens, segments, np.arange(MAX_LEN)[None], switch
+    )
+  )
   lls, acc, acc_norm, cut = [], [], [], False
   for r in raw:
     pairs, choices, gold, query = _reference_pairs(name, r)
@@ -161,8 +197,12 @@ def reference(run, name, raw, switch_of_query):
   return lls, np.mean(acc), np.mean(acc_norm), cut
 
 
-TASK_BUILDERS = [("arc_easy", "ai2_arc"), ("winogrande", "winogrande"), ("piqa", "piqa"),
-                 ("sciq", "sciq")]
+TASK_BUILDERS = [
+  ("arc_easy", "ai2_arc"),
+  ("winogrande", "winogrande"),
+  ("piqa", "piqa"),
+  ("sciq", "sciq"),
+]
 
 
 @pytest.mark.parametrize("task,builder", TASK_BUILDERS)
@@ -170,17 +210,20 @@ def test_scores_match_the_slow_reference(task, builder, runs, records):
   run = runs["null"]
   with mocked(records) as seen:
     questions = mc_tasks.load_questions(task)
-    result = capability.score_task(run, task, inference.fixed_switch(Switch.expected()),
-                                   batch_tokens=64)
+    result = capability.score_task(
+      run, task, inference.fixed_switch(Switch.expected()), batch_tokens=64
+    )
   assert seen == [(builder, SPLITS[builder])] * 2, "the task's evaluation split, lm-eval's"
   expected = [_reference_pairs(builder, r) for r in records[builder]]
-  assert [(list(zip(q.contexts, q.continuations)), list(q.choices), q.gold, q.query)
-          for q in questions] == [(pairs, list(choices), gold, query)
-                                  for pairs, choices, gold, query in expected]
-  lls = capability.choice_loglikelihoods(run, questions, inference.fixed_switch(Switch.expected()),
-                                         batch_tokens=64)
-  ref_lls, ref_acc, ref_norm, cut = reference(run, builder, records[builder],
-                                              lambda query: Switch.expected())
+  assert [
+    (list(zip(q.contexts, q.continuations)), list(q.choices), q.gold, q.query) for q in questions
+  ] == [(pairs, list(choices), gold, query) for pairs, choices, gold, query in expected]
+  lls = capability.choice_loglikelihoods(
+    run, questions, inference.fixed_switch(Switch.expected()), batch_tokens=64
+  )
+  ref_lls, ref_acc, ref_norm, cut = reference(
+    run, builder, records[builder], lambda query: Switch.expected()
+  )
   assert [len(x) for x in lls] == [len(x) for x in ref_lls]
   np.testing.assert_allclose(np.concatenate(lls), np.concatenate(ref_lls), rtol=1e-4, atol=1e-4)
   assert result["n"] == len(records[builder])
@@ -208,12 +251,14 @@ def test_routed_switch_gets_each_rows_question(runs, records):
   with mocked(records):
     questions = mc_tasks.load_questions("piqa")
   routed = capability.choice_loglikelihoods(run, questions, route, batch_tokens=64)
-  ref_lls, *_ = reference(run, "piqa", records["piqa"],
-                          lambda query: Switch.sources([[_source_of(query)]]))
+  ref_lls, *_ = reference(
+    run, "piqa", records["piqa"], lambda query: Switch.sources([[_source_of(query)]])
+  )
   np.testing.assert_allclose(np.concatenate(routed), np.concatenate(ref_lls), rtol=1e-4, atol=1e-4)
   assert set(asked) == {q.query for q in questions}
-  backbone = capability.choice_loglikelihoods(run, questions,
-                                              inference.fixed_switch(Switch.backbone()))
+  backbone = capability.choice_loglikelihoods(
+    run, questions, inference.fixed_switch(Switch.backbone())
+  )
   assert np.abs(np.concatenate(routed) - np.concatenate(backbone)).max() > 1e-3
 
 
@@ -222,8 +267,10 @@ def test_acc_norm_divides_by_characters_as_lm_eval():
   choices = ("a", "bbbb", "été")  # "été" is 3 characters but 5 bytes
   lls = [np.array([-2.0, -4.0, -3.3])] * 3
   # acc: -2.0 wins. acc_norm: -2/1, -4/4 = -1, -3.3/3 = -1.1 -> "bbbb" (by bytes "été" would win)
-  questions = [Question(("Q:",) * 3, tuple(" " + c for c in choices), choices, gold, "Q:")
-               for gold in (0, 1, 2)]
+  questions = [
+    Question(("Q:",) * 3, tuple(" " + c for c in choices), choices, gold, "Q:")
+    for gold in (0, 1, 2)
+  ]
   got = capability.choice_accuracy(lls, questions)
   np.testing.assert_array_equal(got["acc"], [1.0, 0.0, 0.0])
   np.testing.assert_array_equal(got["acc_norm"], [0.0, 1.0, 0.0])
@@ -278,8 +325,13 @@ def test_unprepared_dataset_is_a_one_line_error(task, tmp_path):
 
 
 def test_bad_record_names_the_record(records):
-  broken = {**records, "winogrande": [records["winogrande"][0],
-                                      {**records["winogrande"][1], "sentence": "No blank here"}]}
+  broken = {
+    **records,
+    "winogrande": [
+      records["winogrande"][0],
+      {**records["winogrande"][1], "sentence": "No blank here"},
+    ],
+  }
   with mocked(broken), pytest.raises(ValueError, match=r"winogrande validation record 1: .*blank"):
     mc_tasks.load_questions("winogrande")
   with pytest.raises(ValueError, match="unknown task 'arc_challenge'"):
@@ -309,7 +361,8 @@ def test_sciq_is_prepared_from_parquet_in_order(sciq_prepared, records):
   questions = mc_tasks.load_questions("sciq", data_dir=data_dir)
   expected = [_reference_pairs("sciq", r) for r in records["sciq"]]
   assert [(q.contexts[0] + q.continuations[-1], q.choices) for q in questions] == [
-      (pairs[3][0] + pairs[3][1], tuple(choices)) for pairs, choices, _, _ in expected]
+    (pairs[3][0] + pairs[3][1], tuple(choices)) for pairs, choices, _, _ in expected
+  ]
   assert len(mc_tasks.load_questions("sciq", data_dir=data_dir, limit=3)) == 3
   script = textwrap.dedent(f"""
       import sys
@@ -336,15 +389,35 @@ def test_command_prepares_and_scores(workdirs, records, tmp_path):
   _write_sciq_parquet(parquet, records["sciq"])
   env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds")}
   command = [sys.executable, "-m", "nullearn.cli", "capability"]
-  missing = subprocess.run(command + ["sciq", "--workdir=x", "--out=y"], env=env,
-                           capture_output=True, text=True, timeout=300)
+  missing = subprocess.run(
+    command + ["sciq", "--workdir=x", "--out=y"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert missing.returncode != 0 and "nullearn capability prepare sciq" in missing.stderr
-  prepared = subprocess.run(command + ["prepare", "sciq", str(parquet)], env=env,
-                            capture_output=True, text=True, timeout=300)
+  prepared = subprocess.run(
+    command + ["prepare", "sciq", str(parquet)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert prepared.returncode == 0, prepared.stderr[-2000:]
-  scored = subprocess.run(command + ["sciq", f"--workdir={workdirs['null']}",
-                                     f"--plain={workdirs['plain']}", f"--out={tmp_path / 'rep'}"],
-                          env=env, capture_output=True, text=True, timeout=300)
+  scored = subprocess.run(
+    command
+    + [
+      "sciq",
+      f"--workdir={workdirs['null']}",
+      f"--plain={workdirs['plain']}",
+      f"--out={tmp_path / 'rep'}",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert scored.returncode == 0, scored.stderr[-2000:]
   report = json.loads((tmp_path / "rep" / "capability.json").read_text())
   assert report["tasks"]["sciq"]["null (backbone only)"]["n"] == 10

@@ -27,8 +27,14 @@ def tokenizer_path(tokenizer, tmp_path):
 
 def worker(*args, **kw):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+  return subprocess.Popen(
+    [sys.executable, str(WORKER), *map(str, args)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kw,
+  )
 
 
 def test_sigterm_writes_a_final_checkpoint(tmp_path, tokenizer_path):
@@ -81,8 +87,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_the_model_one_process_would(world, tokenizer, tmp_path,
-                                                         tokenizer_path):
+def test_two_processes_train_the_model_one_process_would(
+  world, tokenizer, tmp_path, tokenizer_path
+):
   steps, port = 4, free_port()
   procs = [worker(tmp_path / "mp", tokenizer_path, steps, pid, 2, port) for pid in (0, 1)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -96,8 +103,10 @@ def test_two_processes_train_the_model_one_process_would(world, tokenizer, tmp_p
   c.train.steps = steps
   c.mesh.update(dict(data=2, fsdp=2, tensor=1))
   mesh = sharding.make_mesh(2, 2, 1)
-  shares = [iter(pipeline.make_dataset(c, world.documents, tokenizer, shard_index=i, shard_count=2))
-            for i in (0, 1)]
+  shares = [
+    iter(pipeline.make_dataset(c, world.documents, tokenizer, shard_index=i, shard_count=2))
+    for i in (0, 1)
+  ]
   setup = train.make_setup(c, steps, mesh)
   state, step = train.init_state(setup), train.make_train_step(setup)
   with jax.set_mesh(mesh):
@@ -114,14 +123,24 @@ def test_two_processes_train_the_model_one_process_would(world, tokenizer, tmp_p
 def test_ctrl_c_then_resume_in_a_new_process_is_exact_with_gathered_sinks(tmp_path):
   """`nullearn train` interrupted by SIGINT and started again equals one uninterrupted run."""
   from test_cli import SMALL, nullearn
-  args = [*SMALL, "--config.model.sink_impl=gather", "--config.model.max_segments=4",
-          "--config.train.steps=10", "--config.train.log_every=1"]
+
+  args = [
+    *SMALL,
+    "--config.model.sink_impl=gather",
+    "--config.model.max_segments=4",
+    "--config.train.steps=10",
+    "--config.train.log_every=1",
+  ]
   nullearn("train", f"--workdir={tmp_path / 'straight'}", *args, check_ok=True)
   env = {**os.environ, "XLA_FLAGS": ""}
-  proc = subprocess.Popen([sys.executable, "-m", "nullearn.cli", "train",
-                           f"--workdir={tmp_path / 'resumed'}", *args],
-                          cwd=pathlib.Path(__file__).parents[1], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "nullearn.cli", "train", f"--workdir={tmp_path / 'resumed'}", *args],
+    cwd=pathlib.Path(__file__).parents[1],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   lines = []
   for line in proc.stdout:
     lines.append(line)
@@ -136,6 +155,7 @@ def test_ctrl_c_then_resume_in_a_new_process_is_exact_with_gathered_sinks(tmp_pa
   resumed = nullearn("train", f"--workdir={tmp_path / 'resumed'}", *args, check_ok=True)
   assert f"resuming from checkpoint {tmp_path / 'resumed'}/checkpoints/{stopped}" in resumed.stdout
   from nullearn import inference
+
   a, b = (inference.load_run(tmp_path / n) for n in ("straight", "resumed"))
   assert a.model_cfg.sink_impl == "gather"
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
@@ -148,10 +168,17 @@ def test_a_checkpoint_loads_on_another_topology(tmp_path, tokenizer_path, saved_
   script = pathlib.Path(__file__).parent / "portable_worker.py"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   outs = []
-  for devices, args in ((saved_on, ["save", tmp_path, tokenizer_path]),
-                        (loaded_on, ["load", tmp_path])):
-    out = subprocess.run([sys.executable, str(script), str(devices), *map(str, args)], env=env,
-                         capture_output=True, text=True, timeout=300)
+  for devices, args in (
+    (saved_on, ["save", tmp_path, tokenizer_path]),
+    (loaded_on, ["load", tmp_path]),
+  ):
+    out = subprocess.run(
+      [sys.executable, str(script), str(devices), *map(str, args)],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     outs.append(out.stdout)
   assert f"saved from {saved_on} devices" in outs[0], outs[0]

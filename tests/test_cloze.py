@@ -16,10 +16,10 @@ TOWNS = ("Bergen", "Tromso", "Aalborg", "Uppsala", "Turku", "Tartu")
 def _corpus(*texts: str) -> list[Document]:
   """The given sources, then fillers that give every span type enough distractors."""
   fillers = [
-      f"The small museum in the valley opened its doors in {1950 + i} to visitors .\n"
-      f"The old library in the village holds {100 + i} rare books .\n"
-      f"Every summer the local choir travels to {town} for a festival ."
-      for i, town in enumerate(TOWNS)
+    f"The small museum in the valley opened its doors in {1950 + i} to visitors .\n"
+    f"The old library in the village holds {100 + i} rare books .\n"
+    f"Every summer the local choir travels to {town} for a festival ."
+    for i, town in enumerate(TOWNS)
   ]
   return [Document(i, f"source {i}", text) for i, text in enumerate([*texts, *fillers])]
 
@@ -39,16 +39,18 @@ def _by_answer(probes, source_id):
 
 def test_salient_spans_and_their_prompts():
   docs = _corpus(
-      "Farmers say the army crossed the river before the Battle of the Somme began .\n"
-      "It is closely related to the lobster H. americanus found near Boston , and Maine .\n"
-      "Oslo is large , and the fleet sailed past Cape <unk> towards the open sea .\n"
-      "In spring the council finally agreed to spend 2,500 crowns on the bridge .\n"
-      "At the fair the visitors sang \" Going Home \" , as they were going home .")
+    "Farmers say the army crossed the river before the Battle of the Somme began .\n"
+    "It is closely related to the lobster H. americanus found near Boston , and Maine .\n"
+    "Oslo is large , and the fleet sailed past Cape <unk> towards the open sea .\n"
+    "In spring the council finally agreed to spend 2,500 crowns on the bridge .\n"
+    "At the fair the visitors sang \" Going Home \" , as they were going home ."
+  )
   probes = _by_answer(cloze.make_probes(docs, per_source=50, min_prompt_words=1), 0)
   assert probes["Battle of the Somme"].prompt == "Farmers say the army crossed the river before the"
   assert probes["Boston"].prompt == "It is closely related to the lobster H. americanus found near"
   assert probes["Maine"].prompt == (
-      "It is closely related to the lobster H. americanus found near Boston , and")
+    "It is closely related to the lobster H. americanus found near Boston , and"
+  )
   assert probes["2,500"].prompt == "In spring the council finally agreed to spend"
   # Names never start a sentence, touch <unk>, or consist of words the corpus writes in lower case.
   assert not {"Oslo", "Cape", "Farmers", "In", "H", "Battle", "Going Home", "Going"} & set(probes)
@@ -63,11 +65,11 @@ def test_min_prompt_words():
 
 def test_shared_when_answer_and_context_recur_in_another_source():
   docs = _corpus(
-      "The treaty of peace was signed in Paris in 1904 by both kings .",
-      "Historians agree the treaty was signed in Paris in 1904 after long talks .",
-      "The new bridge across the river was finished in 1904 after many delays .",
-      "The old lighthouse keeper then moved to Oslo in 1921 with his family .\n"
-      "Years later the old lighthouse keeper then moved to Oslo in 1921 again .",
+    "The treaty of peace was signed in Paris in 1904 by both kings .",
+    "Historians agree the treaty was signed in Paris in 1904 after long talks .",
+    "The new bridge across the river was finished in 1904 after many delays .",
+    "The old lighthouse keeper then moved to Oslo in 1921 with his family .\n"
+    "Years later the old lighthouse keeper then moved to Oslo in 1921 again .",
   )
   probes = cloze.make_probes(docs, per_source=50)
   kinds = {(p.source_id, p.answer): p.kind for p in probes}
@@ -80,10 +82,11 @@ def test_shared_when_answer_and_context_recur_in_another_source():
 
 def test_every_source_asks_its_shared_facts_beside_its_own():
   own = "\n".join(f"In that year the old keeper counted {i + 3} ships ." for i in range(12))
-  docs = _corpus(own + "\nThe treaty of peace was signed in Paris in 1904 by both kings .",
-                 "Historians agree the treaty was signed in Paris in 1904 after long talks .")
-  mine = [p for p in cloze.make_probes(docs, per_source=3, shared_per_source=1)
-          if p.source_id == 0]
+  docs = _corpus(
+    own + "\nThe treaty of peace was signed in Paris in 1904 by both kings .",
+    "Historians agree the treaty was signed in Paris in 1904 after long talks .",
+  )
+  mine = [p for p in cloze.make_probes(docs, per_source=3, shared_per_source=1) if p.source_id == 0]
   # Three of the twelve own facts, then one of the two shared ones, which come last in the text.
   assert [p.kind for p in mine] == ["unique"] * 3 + ["shared"]
   assert mine[-1].answer in {"Paris", "1904"}
@@ -120,7 +123,9 @@ def test_bad_arguments():
 @pytest.fixture(scope="module")
 def valid_docs():
   if not VALID.exists():
-    pytest.skip(f"{VALID} is absent: the real-data tests need the shared data folder next to the repo")
+    pytest.skip(
+      f"{VALID} is absent: the real-data tests need the shared data folder next to the repo"
+    )
   return wikitext.wikitext_documents([VALID])
 
 
@@ -149,7 +154,9 @@ def test_real_probes_are_well_formed(valid_docs, valid_probes, tmp_path):
 
 
 def test_one_probe_from_each_stretch_of_a_source():
-  docs = _corpus("\n".join(f"On that day the old keeper counted {i + 3} ships ." for i in range(80)))
+  docs = _corpus(
+    "\n".join(f"On that day the old keeper counted {i + 3} ships ." for i in range(80))
+  )
   probes = [p for p in cloze.make_probes(docs, per_source=8) if p.source_id == 0]
   assert sorted((int(p.answer) - 3) // 10 for p in probes) == list(range(8))
 
@@ -175,6 +182,8 @@ def test_deterministic_in_seed(valid_docs):
   assert cloze.make_probes(docs, seed=3) == probes
   other = cloze.make_probes(docs, seed=4)
   assert other != probes
+
   def facts(ps):
     return {(p.source_id, p.prompt, p.answer) for p in ps}
+
   assert facts(other) != facts(probes)

@@ -32,8 +32,12 @@ def unlabelled(tmp_path, world):
 
 
 def _labels_in_new_process(path, seed):
-  out = subprocess.run([sys.executable, "-c", _LABELS, str(path), str(seed)], check=True,
-                       capture_output=True, text=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-c", _LABELS, str(path), str(seed)],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
   return [int(x) for x in out.strip().split(",")]
 
 
@@ -74,29 +78,49 @@ def test_corpus_records_its_clustering(unlabelled):
 
 
 def _nullearn(*args, cwd):
-  return subprocess.run([sys.executable, "-m", "nullearn.cli", *args], cwd=cwd,
-                        capture_output=True, text=True)
+  return subprocess.run(
+    [sys.executable, "-m", "nullearn.cli", *args], cwd=cwd, capture_output=True, text=True
+  )
 
 
 def test_train_on_clusters_from_the_command_line(tmp_path, unlabelled):
   from nullearn.configs import tiny
+
   workdir = tmp_path / "run"
-  result = _nullearn("train", f"--config={tiny.__file__}", f"--workdir={workdir}",
-                     f"--config.data.corpus={unlabelled}", "--config.data.sources=clusters:8",
-                     "--config.train.steps=2", "--config.train.progress=false", cwd=tmp_path)
+  result = _nullearn(
+    "train",
+    f"--config={tiny.__file__}",
+    f"--workdir={workdir}",
+    f"--config.data.corpus={unlabelled}",
+    "--config.data.sources=clusters:8",
+    "--config.train.steps=2",
+    "--config.train.progress=false",
+    cwd=tmp_path,
+  )
   assert result.returncode == 0, result.stderr
   meta = inference.load_run(workdir).meta
   assert meta["data"]["sources"]["method"] == "clusters:8"
   assert len(meta["data"]["sources"]["sizes"]) == 8
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("clusters:1", "K >= 2"), ("clusters:x", "integer K"), ("kmeans:8", "clusters:K"),
-    ("clusters:100000", "between 2 and")])
+@pytest.mark.parametrize(
+  "spec,match",
+  [
+    ("clusters:1", "K >= 2"),
+    ("clusters:x", "integer K"),
+    ("kmeans:8", "clusters:K"),
+    ("clusters:100000", "between 2 and"),
+  ],
+)
 def test_bad_cluster_count_is_a_one_line_cli_error(tmp_path, unlabelled, spec, match):
-  result = _nullearn("train", f"--workdir={tmp_path / 'run'}",
-                     f"--config.data.corpus={unlabelled}", f"--config.data.sources={spec}",
-                     "--config.train.steps=2", cwd=tmp_path)
+  result = _nullearn(
+    "train",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.data.corpus={unlabelled}",
+    f"--config.data.sources={spec}",
+    "--config.train.steps=2",
+    cwd=tmp_path,
+  )
   assert result.returncode == 2
-  line, = result.stderr.strip().splitlines()
+  (line,) = result.stderr.strip().splitlines()
   assert line.startswith("nullearn train: error: data.sources: ") and match in line, line

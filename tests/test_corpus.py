@@ -51,15 +51,33 @@ def test_unknown_corpus_spec():
     corpus_lib.load(c)
 
 
-@pytest.mark.parametrize("lines,match", [
+@pytest.mark.parametrize(
+  "lines,match",
+  [
     ([], r"docs.jsonl: no documents"),
-    (['{"source_id": 1, "source": "A", "text": "x"}', '{"source_id": 1, "source": "A", "text": "x"}'],
-     r"docs.jsonl:2: duplicate of line 1"),
-    (['{"source_id": 1, "source": "A", "text": "x"}', '{"source_id": 1, "source": "B", "text": "y"}'],
-     r"docs.jsonl:2: source_id 1 is named 'A' on line 1, 'B' here"),
-    (['{"source_id": 1, "source": "A", "text": "x"}', '{"source_id": 2, "source": "A", "text": "y"}'],
-     r"docs.jsonl:2: source 'A' has source_id 1 on line 1, 2 here"),
-])
+    (
+      [
+        '{"source_id": 1, "source": "A", "text": "x"}',
+        '{"source_id": 1, "source": "A", "text": "x"}',
+      ],
+      r"docs.jsonl:2: duplicate of line 1",
+    ),
+    (
+      [
+        '{"source_id": 1, "source": "A", "text": "x"}',
+        '{"source_id": 1, "source": "B", "text": "y"}',
+      ],
+      r"docs.jsonl:2: source_id 1 is named 'A' on line 1, 'B' here",
+    ),
+    (
+      [
+        '{"source_id": 1, "source": "A", "text": "x"}',
+        '{"source_id": 2, "source": "A", "text": "y"}',
+      ],
+      r"docs.jsonl:2: source 'A' has source_id 1 on line 1, 2 here",
+    ),
+  ],
+)
 def test_inconsistent_documents_name_their_lines(tmp_path, lines, match):
   path = tmp_path / "docs.jsonl"
   path.write_text("".join(line + "\n" for line in lines))
@@ -75,10 +93,12 @@ def test_probes_of_sources_without_documents_are_refused(tmp_path, world):
   records.write_probes(probes, [p for p in world.probes if p.source_id < 6])
   c = small_config()
   c.data.corpus, c.data.probes = str(docs), str(probes)
-  bad_line = 1 + next(i for i, p in enumerate(p for p in world.probes if p.source_id < 6)
-                      if p.source_id == 5)
-  with pytest.raises(records.CorpusError,
-                     match=rf"probes.jsonl:{bad_line}: source_id 5 has no documents"):
+  bad_line = 1 + next(
+    i for i, p in enumerate(p for p in world.probes if p.source_id < 6) if p.source_id == 5
+  )
+  with pytest.raises(
+    records.CorpusError, match=rf"probes.jsonl:{bad_line}: source_id 5 has no documents"
+  ):
     corpus_lib.load(c)
 
 

@@ -44,10 +44,22 @@ def test_two_runs_write_the_same_demo_json(tmp_path):
 def small_world_config():
   """The demo at a fifth of its size: 200 sources, 20 forgotten, about 2 minutes on 2 cores."""
   from nullearn.configs import tiny
+
   c = tiny.get_config()
   c.factworld.update(dict(num_sources=200, sources_per_group=10))
-  c.model.update(dict(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                      backbone=32, pool=512, active=16, vocab_size=512))
+  c.model.update(
+    dict(
+      d_model=64,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=16,
+      backbone=32,
+      pool=512,
+      active=16,
+      vocab_size=512,
+    )
+  )
   c.train.update(dict(epochs=20.0, warmup_steps=20, log_every=50, progress=False))
   c.demo.update(dict(num_forget=20))
   return c
@@ -74,6 +86,7 @@ def test_small_demo_switch_separates_unique_from_shared_facts(tmp_path):
 def test_full_demo_meets_its_claims(tmp_path):
   """The default demo: ~7 minutes on 2 cores."""
   from nullearn.configs import tiny
+
   result = demo.run(tiny.get_config(), tmp_path)
   failed = [c.claim for c in result["claims"] if not c.holds]
   assert not failed, failed

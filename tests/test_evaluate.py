@@ -50,8 +50,9 @@ def test_article_row_joins_the_oracle_split():
   assert orc[FactSet.UNIQUE].frac_above_1 == 0.0  # the cut
   assert off[FactSet.ARTICLE].forget_quality > 0.05
   assert off[FactSet.UNIQUE].forget_quality < 0.05  # same distribution, split by the oracle
-  claims = results.claims({Cond.SWITCHED_OFF: off, Cond.SINK_ON: off, Cond.ORACLE: orc},
-                          base.get_config().eval.claims)
+  claims = results.claims(
+    {Cond.SWITCHED_OFF: off, Cond.SINK_ON: off, Cond.ORACLE: orc}, base.get_config().eval.claims
+  )
   article = next(c for c in claims if "article-specific facts (unique" in c.claim)
   assert article.holds and article.value == off[FactSet.ARTICLE].forget_quality
 
@@ -68,8 +69,12 @@ def test_claims_read_their_thresholds_from_the_config():
 
 
 def test_split_halves():
-  docs = [Document(1, "a", "One. Two. Three. Four."), Document(2, "b", "x"),
-          Document(2, "b", "y"), Document(2, "b", "z")]
+  docs = [
+    Document(1, "a", "One. Two. Three. Four."),
+    Document(2, "b", "x"),
+    Document(2, "b", "y"),
+    Document(2, "b", "z"),
+  ]
   first, second = evaluate.split_halves(docs)
   assert [d.text for d in first] == ["One. Three.", "x", "z"]
   assert [d.text for d in second] == ["Two. Four.", "y"]
@@ -80,8 +85,11 @@ def setup(world, tokenizer, tmp_path_factory):
   """A NULL, its oracle (the same config, forgotten sources excluded) and a plain model."""
   forget = list(factworld.choose_forget_set(world, 2, seed=1))
   root = tmp_path_factory.mktemp("runs")
-  for name, model, exclude in (("null", {}, ()), ("oracle", {}, forget),
-                               ("plain", dict(backbone=72, pool=0), ())):
+  for name, model, exclude in (
+    ("null", {}, ()),
+    ("oracle", {}, forget),
+    ("plain", dict(backbone=72, pool=0), ()),
+  ):
     c = small_config(**model)
     c.train.steps = 40
     c.data.exclude_sources = tuple(exclude)
@@ -93,28 +101,52 @@ def setup(world, tokenizer, tmp_path_factory):
 
 def small_eval():
   e = base.get_config().eval
-  e.update(dict(seq_len=32, max_retained_probes=20, retain_docs=8, unlearn_steps=3,
-                unlearn_batch=4, relearn_steps=(1, 2), relearn_batch=4, extraction_prefix=8,
-                extraction_continuation=8, extraction_samples=4, acr_targets=1,
-                acr_target_len=4, gcg_steps=2, gcg_top_k=8, gcg_batch=8))
+  e.update(
+    dict(
+      seq_len=32,
+      max_retained_probes=20,
+      retain_docs=8,
+      unlearn_steps=3,
+      unlearn_batch=4,
+      relearn_steps=(1, 2),
+      relearn_batch=4,
+      extraction_prefix=8,
+      extraction_continuation=8,
+      extraction_samples=4,
+      acr_targets=1,
+      acr_target_len=4,
+      gcg_steps=2,
+      gcg_top_k=8,
+      gcg_batch=8,
+    )
+  )
   return e
 
 
 def test_full_report_is_written_and_readable(setup, world, tmp_path):
   models, forget, _ = setup
   heldout = [Document(999, "Unseen", world.documents[0].text.replace("a", "o"))]
-  result = evaluate.evaluate(models, world.documents, world.probes, forget, small_eval(),
-                             heldout=heldout, log=lambda m: None)
-  assert set(result.conditions) == {Cond.SINK_ON, Cond.SWITCHED_OFF, Cond.PROMPT_ROUTED,
-                                    Cond.ALL_OFF, Cond.BACKBONE, Cond.EXPECTED, Cond.ORACLE,
-                                    Cond.PLAIN}
+  result = evaluate.evaluate(
+    models, world.documents, world.probes, forget, small_eval(), heldout=heldout, log=lambda m: None
+  )
+  assert set(result.conditions) == {
+    Cond.SINK_ON,
+    Cond.SWITCHED_OFF,
+    Cond.PROMPT_ROUTED,
+    Cond.ALL_OFF,
+    Cond.BACKBONE,
+    Cond.EXPECTED,
+    Cond.ORACLE,
+    Cond.PLAIN,
+  }
   for f in result.forgotten:
     assert f["routed_to"] not in forget
     assert len(f["prompts_routed_to"]) == 7 and not set(f["prompts_routed_to"]) & set(forget)
   kinds = result.kinds
   assert set(kinds) <= {"unique", "inferred", "shared"} and len(kinds) == 2 * 7
-  assert set(result.baselines) == {f"{m}+{u}" for m in ("plain", "null")
-                                   for u in ("ga", "gd", "npo")}
+  assert set(result.baselines) == {
+    f"{m}+{u}" for m in ("plain", "null") for u in ("ga", "gd", "npo")
+  }
   curves = result.relearning.curves
   assert set(curves) == {"switched off", "oracle", "plain+ga", "plain+gd", "plain+npo"}
   assert all(c["steps"] == [0, 1, 2] and len(c["loss"]) == 3 for c in curves.values())
@@ -136,8 +168,15 @@ def test_full_report_is_written_and_readable(setup, world, tmp_path):
   extracted = loaded["extraction"]["sink on"]
   assert 0.0 <= extracted["rouge_l"] <= 1.0 and 0.0 <= extracted["rouge_l_recall"] <= 1.0
   md = (tmp_path / "report" / "report.md").read_text()
-  for heading in ("## Truth Ratio", "### In TOFU's orientation", "## Post-hoc", "## Relearning",
-                  "## Extraction", "## Claims", "## Forgetting budget"):
+  for heading in (
+    "## Truth Ratio",
+    "### In TOFU's orientation",
+    "## Post-hoc",
+    "## Relearning",
+    "## Extraction",
+    "## Claims",
+    "## Forgetting budget",
+  ):
     assert heading in md
   assert "ROUGE-L recall" in md and "TOFU's retain-set Truth Ratio" in md
   assert all((tmp_path / "report" / n).stat().st_size > 5000 for n in names if n.endswith(".png"))
@@ -152,29 +191,36 @@ def test_each_condition_scores_its_own_switch(setup, world):
   models, forget, _ = setup
   cfg = small_eval()
   cfg.sections = ()
-  result = evaluate.evaluate(models, world.documents, world.probes, forget, cfg,
-                             log=lambda m: None)
+  result = evaluate.evaluate(models, world.documents, world.probes, forget, cfg, log=lambda m: None)
   routed = {f["id"]: f["routed_to"] for f in result.forgotten}
   probes = [p for p in world.probes if p.source_id in set(forget)]
   index = router.PromptRouter.in_memory(router.source_texts(world.documents, 100))
   prompt_routed = {p.prompt: index.route(p.prompt, forget).source for p in probes}
   assert None not in prompt_routed.values()
   expected = {
-      Cond.SINK_ON: (models.null, lambda p: Switch.sources(p.source_id)),
-      Cond.SWITCHED_OFF: (models.null, lambda p: Switch.sources(routed[p.source_id],
-                                                                exclude=[p.source_id])),
-      Cond.PROMPT_ROUTED: (models.null, lambda p: Switch.sources(prompt_routed[p.prompt],
-                                                                 exclude=[p.source_id])),
-      Cond.ALL_OFF: (models.null, lambda p: Switch.sources(routed[p.source_id], exclude=forget)),
-      Cond.BACKBONE: (models.null, lambda p: Switch.backbone()),
-      Cond.EXPECTED: (models.null, lambda p: Switch.expected(exclude=forget)),
-      Cond.ORACLE: (models.oracle, lambda p: Switch.sources(routed[p.source_id],
-                                                            exclude=[p.source_id])),
-      Cond.PLAIN: (models.plain, lambda p: Switch.backbone()),
+    Cond.SINK_ON: (models.null, lambda p: Switch.sources(p.source_id)),
+    Cond.SWITCHED_OFF: (
+      models.null,
+      lambda p: Switch.sources(routed[p.source_id], exclude=[p.source_id]),
+    ),
+    Cond.PROMPT_ROUTED: (
+      models.null,
+      lambda p: Switch.sources(prompt_routed[p.prompt], exclude=[p.source_id]),
+    ),
+    Cond.ALL_OFF: (models.null, lambda p: Switch.sources(routed[p.source_id], exclude=forget)),
+    Cond.BACKBONE: (models.null, lambda p: Switch.backbone()),
+    Cond.EXPECTED: (models.null, lambda p: Switch.expected(exclude=forget)),
+    Cond.ORACLE: (
+      models.oracle,
+      lambda p: Switch.sources(routed[p.source_id], exclude=[p.source_id]),
+    ),
+    Cond.PLAIN: (models.plain, lambda p: Switch.backbone()),
   }
   for cond, (run, switch_of) in expected.items():
-    want = [scores.truth_ratio(inference.option_nll(
-        run, [p], lambda idx, p=p, s=switch_of: s(p)))[0] for p in probes]
+    want = [
+      scores.truth_ratio(inference.option_nll(run, [p], lambda idx, p=p, s=switch_of: s(p)))[0]
+      for p in probes
+    ]
     np.testing.assert_allclose(result.ratios[cond], want, rtol=2e-4, err_msg=cond)
   # the conditions differ where their switches differ: nothing collapsed onto another
   assert not np.allclose(result.ratios[Cond.SINK_ON], result.ratios[Cond.SWITCHED_OFF])
@@ -187,12 +233,23 @@ def test_prompts_nothing_matches_are_served_by_the_fallback(setup, world):
   models, forget, _ = setup
   probes = [p for p in world.probes if p.source_id in set(forget)][:6]
   routes = {p.prompt: (None if i % 2 else 1) for i, p in enumerate(probes)}
-  for fallback, switch_of in (("expected", lambda p: Switch.expected(exclude=[p.source_id])),
-                              ("backbone", lambda p: Switch.backbone())):
+  for fallback, switch_of in (
+    ("expected", lambda p: Switch.expected(exclude=[p.source_id])),
+    ("backbone", lambda p: Switch.backbone()),
+  ):
     cond = evaluate.conditions(models, {}, forget, routes, fallback)[Cond.PROMPT_ROUTED]
-    want = [scores.truth_ratio(inference.option_nll(models.null, [p], lambda idx, p=p: (
-        Switch.sources(1, exclude=[p.source_id]) if routes[p.prompt] else switch_of(p))))[0]
-            for p in probes]
+    want = [
+      scores.truth_ratio(
+        inference.option_nll(
+          models.null,
+          [p],
+          lambda idx, p=p, switch_of=switch_of: (
+            Switch.sources(1, exclude=[p.source_id]) if routes[p.prompt] else switch_of(p)
+          ),
+        )
+      )[0]
+      for p in probes
+    ]
     np.testing.assert_allclose(evaluate.truth_ratios(cond, probes), want, rtol=2e-4)
   with pytest.raises(ValueError, match="serve.fallback"):
     evaluate.conditions(models, {}, forget, routes, "nearest")
@@ -231,11 +288,11 @@ def test_validate_refuses_another_tokenizer_or_architecture(setup, world, tmp_pa
   other_tok = train_tokenizer([d.text.upper() for d in world.documents], 512)
   train.train(c, tmp_path / "other", world.documents, other_tok)
   other_tok.save(tmp_path / "other" / "tokenizer.model")
-  problems = evaluate.validate(evaluate.Models(models.null, oracle=inference.load_run(
-      tmp_path / "other")), forget)
+  problems = evaluate.validate(
+    evaluate.Models(models.null, oracle=inference.load_run(tmp_path / "other")), forget
+  )
   assert any(p.startswith("--oracle: tokenizer") for p in problems)
-  assert any(p.startswith("--oracle: architecture") and "d_model 48 vs 32" in p
-             for p in problems)
+  assert any(p.startswith("--oracle: architecture") and "d_model 48 vs 32" in p for p in problems)
   wrong_plain = evaluate.Models(models.null, plain=models.oracle)  # has sinks, saw less data
   problems = evaluate.validate(wrong_plain, forget)
   assert any("pool 0" in p for p in problems)

@@ -32,17 +32,28 @@ def workdir(world, tokenizer, tmp_path_factory):
 def logits(run, switch, tokens_BxT):
   """The model's logits, past the ledger's refusal (the weights are what is tested)."""
   B, T = tokens_BxT.shape
-  return np.asarray(run.model().module(tokens_BxT, np.ones((B, T), np.int32),
-                                       np.broadcast_to(np.arange(T), (B, T)), switch))
+  return np.asarray(
+    run.model().module(
+      tokens_BxT, np.ones((B, T), np.int32), np.broadcast_to(np.arange(T), (B, T)), switch
+    )
+  )
 
 
 def sweep(geometry, layers):
   """Every source of the world, ids far outside it, and proof that some share sinks with
   the forgotten ones (else the sweep could not catch a sink zeroed for the wrong source)."""
   ids = list(range(40)) + [1000, 123_456, 2**32 - 1]
-  shared = [s for s in ids if s not in FORGET and any(
-      np.intersect1d(geometry.sink_indices(s, layer),
-                     surgery.removed_sinks(geometry, FORGET, layer)).size for layer in layers)]
+  shared = [
+    s
+    for s in ids
+    if s not in FORGET
+    and any(
+      np.intersect1d(
+        geometry.sink_indices(s, layer), surgery.removed_sinks(geometry, FORGET, layer)
+      ).size
+      for layer in layers
+    )
+  ]
   assert len(shared) > 10
   return ids
 
@@ -54,13 +65,17 @@ def test_the_ledger_is_applied_at_load_and_refused(workdir, world):
   tokens = run.tokenizer.encode_document(world.documents[5].text)[None, :24]
   kept = np.asarray([s for s in sweep(run.model_cfg.geometry, range(2)) if s not in FORGET])
   rows = np.repeat(tokens, len(kept), axis=0)
-  np.testing.assert_allclose(logits(run, Switch.sources(kept[:, None]), rows),
-                             logits(raw, Switch.sources(kept[:, None], exclude=FORGET), rows),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    logits(run, Switch.sources(kept[:, None]), rows),
+    logits(raw, Switch.sources(kept[:, None], exclude=FORGET), rows),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   for s in FORGET:
     with pytest.raises(ledger.ForgottenSourceError, match=f"source {s} .* a test takedown"):
-      run.model()(rows[:2], np.ones_like(rows[:2]), np.arange(24)[None],
-                  Switch.sources(np.array([[0], [s]])))
+      run.model()(
+        rows[:2], np.ones_like(rows[:2]), np.arange(24)[None], Switch.sources(np.array([[0], [s]]))
+      )
   probe = next(p for p in world.probes if p.source_id == FORGET[0])
   with pytest.raises(ledger.ForgottenSourceError):
     inference.generate(run, probe.prompt, Switch.sources(FORGET[0]))
@@ -78,17 +93,24 @@ def test_the_export_holds_no_forgotten_sink(workdir, world, tmp_path):
     assert not np.any(mlp["w_gate"][:, cols]) and not np.any(mlp["w_up"][:, cols])
     assert not np.any(mlp["w_down"][cols])
     kept = np.setdiff1d(np.arange(geometry.width), cols)
-    np.testing.assert_array_equal(mlp["w_up"][:, kept],
-                                  raw.params["blocks"][layer]["mlp"]["w_up"][:, kept])
+    np.testing.assert_array_equal(
+      mlp["w_up"][:, kept], raw.params["blocks"][layer]["mlp"]["w_up"][:, kept]
+    )
   tokens = raw.tokenizer.encode_document(world.documents[7].text)[None, :24]
   ids = np.asarray(sweep(geometry, range(2)))[:, None]  # the forgotten too: their sinks are gone
   rows = np.repeat(tokens, len(ids), axis=0)
-  np.testing.assert_allclose(logits(exported, Switch.sources(ids), rows),
-                             logits(raw, Switch.sources(ids, exclude=FORGET), rows),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(logits(exported, Switch.expected(), tokens),
-                             logits(raw, Switch.expected(exclude=FORGET), tokens),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    logits(exported, Switch.sources(ids), rows),
+    logits(raw, Switch.sources(ids, exclude=FORGET), rows),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  np.testing.assert_allclose(
+    logits(exported, Switch.expected(), tokens),
+    logits(raw, Switch.expected(exclude=FORGET), tokens),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   assert inference.load_run(out).ledger.ids.tolist() == sorted(FORGET)  # still refused
   assert exported.meta["export"]["removed_sources"] == sorted(FORGET)
   with pytest.raises(ValueError, match="not empty"):
@@ -100,14 +122,19 @@ def test_a_run_loads_into_scanned_layers_with_its_ledger_applied(workdir, world)
   run = inference.load_run(workdir)
   scanned = inference.load_run(workdir, dataclasses.replace(run.model_cfg, scan_layers=True))
   assert scanned.params["blocks"]["mlp"]["w_up"].shape[0] == 2
-  for (layer, mlp), (_, want) in zip(surgery.mlp_layers(scanned.params),
-                                     surgery.mlp_layers(run.params), strict=True):
+  for (_, mlp), (_, want) in zip(
+    surgery.mlp_layers(scanned.params), surgery.mlp_layers(run.params), strict=True
+  ):
     np.testing.assert_array_equal(mlp["w_down"], want["w_down"])
   tokens = run.tokenizer.encode_document(world.documents[7].text)[None, :24]
   ids = np.asarray([s for s in range(40) if s not in FORGET])[:, None]
   rows = np.repeat(tokens, len(ids), axis=0)
-  np.testing.assert_allclose(logits(scanned, Switch.sources(ids), rows),
-                             logits(run, Switch.sources(ids), rows), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    logits(scanned, Switch.sources(ids), rows),
+    logits(run, Switch.sources(ids), rows),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_collateral_is_exact(workdir):
@@ -115,13 +142,21 @@ def test_collateral_is_exact(workdir):
   g = run.model_cfg.geometry
   others, exact = export.others_of(run.ledger, {s: str(s) for s in range(40)})
   report = export.collateral(g, run.model_cfg.num_layers, run.ledger, others, exact, 40)
-  lost = {s: sum(len(set(g.sink_indices(s, layer)) & {int(i) for f in FORGET
-                                                      for i in g.sink_indices(f, layer)})
-                 for layer in range(2)) for s in range(40) if s not in FORGET}
+  lost = {
+    s: sum(
+      len(
+        set(g.sink_indices(s, layer)) & {int(i) for f in FORGET for i in g.sink_indices(f, layer)}
+      )
+      for layer in range(2)
+    )
+    for s in range(40)
+    if s not in FORGET
+  }
   assert exact and report["other_sources"]["count"] == 37
   assert report["sources_losing_any"] == sum(v > 0 for v in lost.values())
-  assert report["lost_histogram"] == {str(k): list(lost.values()).count(k)
-                                      for k in sorted(set(lost.values()))}
+  assert report["lost_histogram"] == {
+    str(k): list(lost.values()).count(k) for k in sorted(set(lost.values()))
+  }
   assert report["own_sinks_per_source"] == 2 * g.active and report["layers_counted"] == 2
   md = export.collateral_markdown(report)
   assert f"{report['sources_losing_any']:,} ({report['fraction_losing_any']:.1%}) lost" in md
@@ -134,25 +169,43 @@ def test_collateral_is_exact(workdir):
 
 def random_run(tokenizer, **model):
   """A NULL with random weights (norm scales too), so every weight's place is tested."""
-  cfg = ModelConfig(**{**dict(vocab_size=512, d_model=32, num_layers=2, num_heads=2,
-                              num_kv_heads=1, head_dim=16, backbone=8, pool=64, active=4,
-                              per_layer_masks=True), **model})
+  cfg = ModelConfig(
+    **{
+      **dict(
+        vocab_size=512,
+        d_model=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        backbone=8,
+        pool=64,
+        active=4,
+        per_layer_masks=True,
+      ),
+      **model,
+    }
+  )
   graphdef, state = nnx.split(Transformer(cfg, nnx.Rngs(0)))
   leaves, tree = jax.tree.flatten(nnx.to_pure_dict(state))
   keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape)
-                                     for x, k in zip(leaves, keys)])
+  params = jax.tree.unflatten(
+    tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  )
   return inference.Run(cfg, graphdef, params, tokenizer, {"config": {"data": {"seq_len": 64}}})
 
 
-@pytest.mark.parametrize("switch,scan_layers", [("backbone", False), ("expected", False),
-                                                ("expected", True)])
+@pytest.mark.parametrize(
+  "switch,scan_layers", [("backbone", False), ("expected", False), ("expected", True)]
+)
 def test_hf_llama_export_gives_our_logits(tokenizer, world, tmp_path, switch, scan_layers):
   """transformers loads the export (Flax backend, no torch) and computes our logits."""
   from transformers import AutoTokenizer, FlaxLlamaForCausalLM, LlamaTokenizer
+
   gone = ledger.Ledger((ledger.Entry(5, "five", "test", "now", "me"),))
-  run = inference.with_ledger(random_run(tokenizer, tie_embeddings=switch == "backbone",
-                                         scan_layers=scan_layers), gone)
+  run = inference.with_ledger(
+    random_run(tokenizer, tie_embeddings=switch == "backbone", scan_layers=scan_layers), gone
+  )
   out = export.export_hf(run, tmp_path / "hf", switch)
   text = world.documents[2].text[:160]
   ids = tokenizer.encode_document(text)[:-1][None]

@@ -27,8 +27,8 @@ def random_params(run):
   """An untrained model: every weight drawn at the init scale, placed like the trained ones."""
   rng = np.random.default_rng(0)
   return jax.tree.map(
-      lambda x: jax.device_put(rng.normal(0, 0.02, x.shape).astype(x.dtype), x.sharding),
-      run.params)
+    lambda x: jax.device_put(rng.normal(0, 0.02, x.shape).astype(x.dtype), x.sharding), run.params
+  )
 
 
 REFERENCE_LEN = 32
@@ -37,8 +37,12 @@ REFERENCE_LEN = 32
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(graphdef, params, tokens_1xT, source_id):
   T = tokens_1xT.shape[1]
-  return nnx.merge(graphdef, params)(tokens_1xT, jnp.ones((1, T), jnp.int32), jnp.arange(T)[None],
-                                     Switch.sources(jnp.full((1, T), source_id, jnp.uint32)))
+  return nnx.merge(graphdef, params)(
+    tokens_1xT,
+    jnp.ones((1, T), jnp.int32),
+    jnp.arange(T)[None],
+    Switch.sources(jnp.full((1, T), source_id, jnp.uint32)),
+  )
 
 
 def teacher_forced(run, tokens, source_id):
@@ -51,7 +55,7 @@ def teacher_forced(run, tokens, source_id):
   """
   n = len(tokens) - 1
   padded_1xT = np.zeros((1, REFERENCE_LEN + 1), np.int32)
-  padded_1xT[0, :len(tokens)] = tokens
+  padded_1xT[0, : len(tokens)] = tokens
   logits = _forward(run.graphdef, run.params, jnp.asarray(padded_1xT[:, :-1]), source_id)
   nll = losses.token_nll(logits, jnp.asarray(padded_1xT[:, 1:]))
   return np.asarray(jnp.argmax(logits[0, :n], -1)), np.asarray(nll[0, :n])
@@ -75,12 +79,13 @@ def test_greedy_continuations_are_the_argmax_at_every_step(run, world, tokenizer
   prefixes = [tokenizer.encode_document(d.text)[:n] for d, n in zip(docs, (5, 9, 2, 7, 9, 3, 6))]
   source_ids = [d.source_id for d in docs]
   # batch_size 6 splits seven rows into a full batch and a padded one.
-  got = extraction.greedy_continuations(run, prefixes, 16, inference.per_token_switch(source_ids),
-                                        batch_size=6)
+  got = extraction.greedy_continuations(
+    run, prefixes, 16, inference.per_token_switch(source_ids), batch_size=6
+  )
   assert got.shape == (7, 16)
   for prefix, sid, row in zip(prefixes, source_ids, got):
     argmax, _ = teacher_forced(run, [*prefix, *row], sid)
-    assert row.tolist() == argmax[len(prefix) - 1:].tolist()
+    assert row.tolist() == argmax[len(prefix) - 1 :].tolist()
 
 
 def test_greedy_continuations_rejects_bad_input(run):
@@ -95,8 +100,9 @@ def test_gcg_lowers_target_loss(run, world, tokenizer):
   doc = world.documents[0]
   target = tokenizer.encode_document(doc.text)[21:27]
   switch = Switch.sources([[doc.source_id]])
-  result = extraction.gcg(run, target, switch, prompt_len=6, steps=10, top_k=16, batch_size=32,
-                          check_every=5)
+  result = extraction.gcg(
+    run, target, switch, prompt_len=6, steps=10, top_k=16, batch_size=32, check_every=5
+  )
   history = result.loss_history
   assert len(history) == result.steps_run + 1
   assert history[-1] < history[0] - 1.0
@@ -104,8 +110,8 @@ def test_gcg_lowers_target_loss(run, world, tokenizer):
   assert result.prompt_ids.shape == (6,)
   assert result.prompt_ids.min() > EOS_ID and result.prompt_ids.max() < tokenizer.vocab_size
   argmax, nll = teacher_forced(run, [BOS_ID, *result.prompt_ids, *target], doc.source_id)
-  assert history[-1] == pytest.approx(nll[-len(target):].mean(), rel=1e-4, abs=1e-5)
-  assert result.success == np.array_equal(argmax[-len(target):], target)
+  assert history[-1] == pytest.approx(nll[-len(target) :].mean(), rel=1e-4, abs=1e-5)
+  assert result.success == np.array_equal(argmax[-len(target) :], target)
 
 
 def test_gcg_rejects_bad_arguments(run):
@@ -129,8 +135,9 @@ def test_acr_search_finds_the_shortest_length(run, start_len):
     calls.append(n)
     return n >= 7
 
-  out = extraction.adversarial_compression_ratio(run, target, Switch.backbone(),
-                                                 start_len=start_len, attack=attack)
+  out = extraction.adversarial_compression_ratio(
+    run, target, Switch.backbone(), start_len=start_len, attack=attack
+  )
   assert out["found"] and out["prompt_len"] == 7
   assert out["acr"] == pytest.approx(20 / 7)
   assert out["tried"][7] and not out["tried"][6]
@@ -144,14 +151,16 @@ def test_acr_without_success_is_an_upper_bound(run):
     calls.append(n)
     return False
 
-  out = extraction.adversarial_compression_ratio(run, np.arange(4, 24), Switch.backbone(),
-                                                 max_len=15, attack=attack)
+  out = extraction.adversarial_compression_ratio(
+    run, np.arange(4, 24), Switch.backbone(), max_len=15, attack=attack
+  )
   assert not out["found"] and out["prompt_len"] is None
   assert out["acr"] == pytest.approx(20 / 15)
   assert calls == sorted(calls) and calls[-1] == 15
   with pytest.raises(ValueError, match="start_len"):
-    extraction.adversarial_compression_ratio(run, np.arange(4, 24), Switch.backbone(),
-                                             start_len=30, attack=attack)
+    extraction.adversarial_compression_ratio(
+      run, np.arange(4, 24), Switch.backbone(), start_len=30, attack=attack
+    )
 
 
 def test_acr_runs_gcg_by_default(run, monkeypatch):
@@ -162,8 +171,9 @@ def test_acr_runs_gcg_by_default(run, monkeypatch):
     return extraction.GCGResult(np.zeros(prompt_len, np.int32), [0.0], prompt_len >= 3, 1)
 
   monkeypatch.setattr(extraction, "gcg", fake_gcg)
-  out = extraction.adversarial_compression_ratio(run, [5, 6, 7, 8, 9, 10], Switch.backbone(),
-                                                 steps=3, top_k=8)
+  out = extraction.adversarial_compression_ratio(
+    run, [5, 6, 7, 8, 9, 10], Switch.backbone(), steps=3, top_k=8
+  )
   assert out["prompt_len"] == 3 and out["acr"] == pytest.approx(2.0)
   assert all(kwargs == dict(steps=3, top_k=8) for _, kwargs in seen)
 
@@ -173,15 +183,17 @@ def test_verbatim_extraction_recites_trained_documents(run, world):
   switch_for = inference.per_token_switch([d.source_id for d in docs])
   kwargs = dict(prefix_tokens=8, continuation_tokens=16)
   trained = extraction.verbatim_extraction(run, docs, switch_for, **kwargs)
-  untrained = extraction.verbatim_extraction(run, docs, switch_for, params=random_params(run),
-                                             **kwargs)
+  untrained = extraction.verbatim_extraction(
+    run, docs, switch_for, params=random_params(run), **kwargs
+  )
   for out in (trained, untrained):
     assert 0.0 <= out["exact_match"] <= 1.0 and 0.0 <= out["rouge_l"] <= 1.0
     assert out["num_samples"] == 6 and out["skipped"] == 1
     assert [s["source_id"] for s in out["samples"]] == [d.source_id for d in docs[:6]]
     assert out["rouge_l"] == pytest.approx(np.mean([s["rouge_l"] for s in out["samples"]]))
     assert out["rouge_l_recall"] == pytest.approx(
-        np.mean([s["rouge_l_recall"] for s in out["samples"]]))
+      np.mean([s["rouge_l_recall"] for s in out["samples"]])
+    )
     for s in out["samples"]:
       assert s["rouge_l"] == extraction.rouge_l(s["truth"], s["emitted"])["f1"]
   recited = [s["rouge_l"] for s in trained["samples"][:MEMORISED]]
@@ -194,10 +206,10 @@ def test_verbatim_extraction_recites_trained_documents(run, world):
 def test_verbatim_extraction_limits_and_errors(run, world):
   docs = world.documents[5:]
   switch_for = inference.per_token_switch([d.source_id for d in docs])
-  out = extraction.verbatim_extraction(run, docs, switch_for, prefix_tokens=8,
-                                       continuation_tokens=16, max_samples=6)
+  out = extraction.verbatim_extraction(
+    run, docs, switch_for, prefix_tokens=8, continuation_tokens=16, max_samples=6
+  )
   assert [s["doc_index"] for s in out["samples"]] == list(range(6))
   assert [s["source_id"] for s in out["samples"]] == [d.source_id for d in docs[:6]]
   with pytest.raises(ValueError, match="no document"):
-    extraction.verbatim_extraction(run, docs, switch_for, prefix_tokens=4,
-                                   continuation_tokens=1000)
+    extraction.verbatim_extraction(run, docs, switch_for, prefix_tokens=4, continuation_tokens=1000)

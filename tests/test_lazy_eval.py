@@ -26,8 +26,7 @@ RETAINED = 5  # sampled retained articles: far fewer than the corpus, so neighbo
 def nullearn(*args: str, env: dict) -> subprocess.CompletedProcess:
   """The `nullearn` command as a user types it, with TFDS_DATA_DIR in `env`."""
   command = pathlib.Path(sys.executable).parent / "nullearn"
-  run = subprocess.run([str(command), *args], capture_output=True, text=True, env=env,
-                       timeout=600)
+  run = subprocess.run([str(command), *args], capture_output=True, text=True, env=env, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   return run
 
@@ -63,9 +62,17 @@ def trained(tmp_path_factory):
   data_dir = _prepared(tmp_path_factory, 600)
   workdir = tmp_path_factory.mktemp("run")
   env = {**os.environ, "TFDS_DATA_DIR": str(data_dir)}
-  nullearn("train", f"--config={CONFIG}", f"--workdir={workdir}", "--config.train.steps=2",
-           "--config.train.progress=False", "--config.tokenizer.sample_docs=200",
-           "--config.model.vocab_size=512", "--config.mesh.fsdp=1", env=env)
+  nullearn(
+    "train",
+    f"--config={CONFIG}",
+    f"--workdir={workdir}",
+    "--config.train.steps=2",
+    "--config.train.progress=False",
+    "--config.tokenizer.sample_docs=200",
+    "--config.model.vocab_size=512",
+    "--config.mesh.fsdp=1",
+    env=env,
+  )
   nullearn("router", f"--workdir={workdir}", env=env)
   return data_dir, workdir, env
 
@@ -77,10 +84,16 @@ def test_eval_routes_over_the_whole_corpus_and_reads_the_neighbours(trained, tmp
   assert len(index) == len(corpus.documents)
   picks = _forgotten_routed_outside_the_sample(corpus, index, 2)
   out = tmp_path / "report"
-  nullearn("eval", f"--workdir={workdir}", f"--forget={','.join(map(str, picks))}",
-           f"--out={out}", "--config.eval.sections=",
-           f"--config.eval.retained_sources={RETAINED}", "--config.eval.max_retained_probes=16",
-           env=env)
+  nullearn(
+    "eval",
+    f"--workdir={workdir}",
+    f"--forget={','.join(map(str, picks))}",
+    f"--out={out}",
+    "--config.eval.sections=",
+    f"--config.eval.retained_sources={RETAINED}",
+    "--config.eval.max_retained_probes=16",
+    env=env,
+  )
   report = json.loads((out / "report.json").read_text())
   forgotten = {f["id"]: f for f in report["forgotten"]}
   assert set(forgotten) == set(picks)
@@ -89,7 +102,8 @@ def test_eval_routes_over_the_whole_corpus_and_reads_the_neighbours(trained, tmp
     assert forgotten[f]["routed_name"] == corpus_lib.documents_of(corpus, [nearest])[0].source
     prompts = [p["prompt"] for p in report["probes"] if p["source_id"] == f]
     assert prompts and forgotten[f]["prompts_routed_to"] == [
-        index.route(p, exclude=list(picks)).source for p in prompts]
+      index.route(p, exclude=list(picks)).source for p in prompts
+    ]
 
 
 def test_a_lazy_eval_reads_only_the_forgotten_sampled_and_neighbouring_articles(trained):
@@ -103,14 +117,17 @@ def test_a_lazy_eval_reads_only_the_forgotten_sampled_and_neighbouring_articles(
   run = inference.load_run(workdir, apply_ledger=False)
   one, many = _counting_reads()
   with one as read_one, many as read_many:
-    report = evaluate.evaluate_corpus(evaluate.Models(run), corpus, list(picks), config.eval,
-                                      log=lambda _: None)
+    report = evaluate.evaluate_corpus(
+      evaluate.Models(run), corpus, list(picks), config.eval, log=lambda _: None
+    )
   positions = _read_positions(read_one, read_many)
   sample = corpus_lib.sample_sources(corpus, RETAINED, seed=0, exclude=picks)
   neighbours = {f["routed_to"] for f in report.forgotten} | {
-      r for f in report.forgotten for r in f["prompts_routed_to"] if r is not None}
+    r for f in report.forgotten for r in f["prompts_routed_to"] if r is not None
+  }
   assert set(picks.values()) <= neighbours and not set(picks.values()) & set(sample)
-  assert sorted(positions) == sorted(corpus.documents.index.positions(
-      set(picks) | set(sample) | neighbours))
+  assert sorted(positions) == sorted(
+    corpus.documents.index.positions(set(picks) | set(sample) | neighbours)
+  )
   # each forgotten article, its route and its probes' routes (8 at most); the sample
   assert len(positions) <= 2 * (2 + 8) + RETAINED

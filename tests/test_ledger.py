@@ -16,12 +16,19 @@ def test_append_and_read_back(tmp_path):
   ledger.append(tmp_path, [(17, "Ada Lovelace"), (3, "Tarn")], "  a takedown request ", user="ann")
   got = ledger.read(tmp_path)
   assert [(e.id, e.name, e.reason, e.user) for e in got.entries] == [
-      (17, "Ada Lovelace", "a takedown request", "ann"), (3, "Tarn", "a takedown request", "ann")]
+    (17, "Ada Lovelace", "a takedown request", "ann"),
+    (3, "Tarn", "a takedown request", "ann"),
+  ]
   assert got.ids.tolist() == [3, 17] and 17 in got and 4 not in got
   assert got.entries[0].time.endswith("+00:00")
   line = (tmp_path / ledger.LEDGER).read_text().splitlines()[0]
-  assert json.loads(line) == {"id": 17, "name": "Ada Lovelace", "reason": "a takedown request",
-                              "time": got.entries[0].time, "user": "ann"}
+  assert json.loads(line) == {
+    "id": 17,
+    "name": "Ada Lovelace",
+    "reason": "a takedown request",
+    "time": got.entries[0].time,
+    "user": "ann",
+  }
 
 
 def test_no_ledger_is_empty(tmp_path):
@@ -57,14 +64,17 @@ def test_concurrent_writers_lose_nothing(tmp_path):
   assert all(e.reason == f"reason {e.id // 1000}/{e.id % 1000}" for e in got.entries)
 
 
-@pytest.mark.parametrize("line, reason", [
+@pytest.mark.parametrize(
+  "line, reason",
+  [
     ('{"id": 1, "name": "a", "reason": "r", "time": "t"', "invalid JSON"),
     ('{"id": 1, "name": "a", "reason": "r", "time": "t"}', "missing key"),
     ('{"id": 1.5, "name": "a", "reason": "r", "time": "t", "user": "u"}', "must be an integer"),
     ('{"id": 1, "name": 7, "reason": "r", "time": "t", "user": "u"}', "name must be a string"),
     ('[1, 2]', "expected a JSON object"),
     ('\udcff', "invalid JSON|codec"),
-])
+  ],
+)
 def test_a_corrupt_line_names_file_and_line(tmp_path, line, reason):
   ledger.append(tmp_path, [(1, "a")], "ok")
   with open(tmp_path / ledger.LEDGER, "a", encoding="utf-8", errors="surrogateescape") as f:
@@ -86,8 +96,10 @@ def test_an_incomplete_last_line_is_reported(tmp_path):
 def test_a_switch_asking_for_a_forgotten_source_is_refused(tmp_path):
   ledger.append(tmp_path, [(17, "Ada Lovelace")], "takedown", user="ann")
   led = ledger.read(tmp_path)
-  with pytest.raises(ledger.ForgottenSourceError,
-                     match=r"source 17 \('Ada Lovelace'\) was forgotten on .* by ann: takedown"):
+  with pytest.raises(
+    ledger.ForgottenSourceError,
+    match=r"source 17 \('Ada Lovelace'\) was forgotten on .* by ann: takedown",
+  ):
     led.check(Switch.sources(np.array([[3], [17]])))
   for ok in (Switch.sources(3, exclude=[17]), Switch.backbone(), Switch.expected(exclude=[17])):
     assert led.check(ok) is ok

@@ -12,17 +12,37 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
 
 
 def test_train_into_a_file_has_timestamped_lines_and_no_bar(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         "JAX_PLATFORMS": "cpu"}
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "JAX_PLATFORMS": "cpu",
+  }
   result = subprocess.run(
-      [sys.executable, "-m", "nullearn.cli", "train", "--config=configs/tiny.py",
-       f"--workdir={tmp_path / 'run'}", "--config.train.steps=4", "--config.train.log_every=2",
-       "--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.pool=64",
-       "--config.model.active=4", "--config.model.vocab_size=512", "--config.data.seq_len=32",
-       "--config.data.batch_size=4", "--config.factworld.num_sources=40",
-       "--config.factworld.sources_per_group=4"],
-      cwd=os.path.dirname(os.path.dirname(__file__)), env=env, capture_output=True,
-      timeout=300, check=False)  # bytes: text mode would turn a bar's "\r" into "\n"
+    [
+      sys.executable,
+      "-m",
+      "nullearn.cli",
+      "train",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.train.steps=4",
+      "--config.train.log_every=2",
+      "--config.model.d_model=32",
+      "--config.model.num_layers=1",
+      "--config.model.pool=64",
+      "--config.model.active=4",
+      "--config.model.vocab_size=512",
+      "--config.data.seq_len=32",
+      "--config.data.batch_size=4",
+      "--config.factworld.num_sources=40",
+      "--config.factworld.sources_per_group=4",
+    ],
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    env=env,
+    capture_output=True,
+    timeout=300,
+    check=False,
+  )  # bytes: text mode would turn a bar's "\r" into "\n"
   assert result.returncode == 0, result.stderr.decode()
   assert b"\r" not in result.stdout + result.stderr
   stdout = result.stdout.decode()
@@ -33,7 +53,6 @@ def test_train_into_a_file_has_timestamped_lines_and_no_bar(tmp_path):
 
 
 class _Terminal(io.StringIO):
-
   def isatty(self):
     return True
 

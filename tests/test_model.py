@@ -8,12 +8,28 @@ from flax import nnx
 
 from nullearn.configs import base
 from nullearn.masks import SinkGeometry
-from nullearn.model import (ModelConfig, SinkMLP, Transformer, param_count, stack_layers,
-                            unstack_layers)
+from nullearn.model import (
+  ModelConfig,
+  SinkMLP,
+  Transformer,
+  param_count,
+  stack_layers,
+  unstack_layers,
+)
 from nullearn.switch import Switch
 
-CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=8, backbone=8, pool=64, active=4, mask_seed=0)
+CFG = ModelConfig(
+  vocab_size=64,
+  d_model=32,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  backbone=8,
+  pool=64,
+  active=4,
+  mask_seed=0,
+)
 GEOMETRY = SinkGeometry(backbone=8, pool=64, active=4)
 
 
@@ -25,10 +41,10 @@ def packed_row(lengths=(10, 12, 6), T=32, ids=(7, 8, 9), seed=0):
   src = np.zeros((1, T), np.int64)
   start = 0
   for s, (n, sid) in enumerate(zip(lengths, ids), 1):
-    tokens[0, start:start + n] = rng.integers(4, 64, n)
-    seg[0, start:start + n] = s
-    pos[0, start:start + n] = np.arange(n)
-    src[0, start:start + n] = sid
+    tokens[0, start : start + n] = rng.integers(4, 64, n)
+    seg[0, start : start + n] = s
+    pos[0, start : start + n] = np.arange(n)
+    src[0, start : start + n] = sid
     start += n
   return tokens, seg, pos, src
 
@@ -58,8 +74,9 @@ def test_packed_equals_alone():
   alone_tokens = np.zeros_like(tokens)
   alone_tokens[0, :12] = tokens[0, 10:22]
   alone_seg = (np.arange(32) < 12).astype(np.int32)[None]
-  alone = forward(model, alone_tokens, alone_seg, np.arange(32)[None], Switch.sources(
-      np.full((1, 32), 4)))
+  alone = forward(
+    model, alone_tokens, alone_seg, np.arange(32)[None], Switch.sources(np.full((1, 32), 4))
+  )
   np.testing.assert_allclose(packed[0, 10:22], alone[0, :12], rtol=1e-5, atol=1e-5)
 
 
@@ -85,7 +102,7 @@ def test_sink_model_requires_a_switch():
 
 def _zero_pool_outputs(model, cfg):
   for block in model.blocks:
-    block.mlp.w_down[...] = block.mlp.w_down[...].at[cfg.backbone:].set(0.0)
+    block.mlp.w_down[...] = block.mlp.w_down[...].at[cfg.backbone :].set(0.0)
 
 
 def test_backbone_mode_switches_every_sink_off():
@@ -95,8 +112,9 @@ def test_backbone_mode_switches_every_sink_off():
   on = forward(model, tokens, seg, pos, Switch.sources(src))
   assert not np.allclose(backbone, on)
   _zero_pool_outputs(model, CFG)  # a model whose sinks contribute nothing
-  np.testing.assert_allclose(forward(model, tokens, seg, pos, Switch.sources(src)), backbone,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    forward(model, tokens, seg, pos, Switch.sources(src)), backbone, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_source_mode_mask_is_backbone_plus_own_sinks():
@@ -138,8 +156,9 @@ def test_excluding_a_source_leaves_it_the_backbone():
   tokens, seg, pos, _ = packed_row(lengths=(20,), ids=(42,))
   src = np.full_like(tokens, 42)
   off = forward(model, tokens, seg, pos, Switch.sources(src, exclude=[42]))
-  np.testing.assert_allclose(off, forward(model, tokens, seg, pos, Switch.backbone()),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    off, forward(model, tokens, seg, pos, Switch.backbone()), rtol=1e-5, atol=1e-5
+  )
 
 
 def _sharing_pair(pool=64, active=4):
@@ -153,7 +172,9 @@ def _sharing_pair(pool=64, active=4):
 def test_gathered_sinks_equal_dense_mask():
   a, b = _sharing_pair()
   tokens, seg, pos, src = packed_row(lengths=(9, 11, 7), ids=(a, b, 77))
-  tokens, seg, pos, src = (np.concatenate([x, np.roll(x, 3, axis=1)]) for x in (tokens, seg, pos, src))
+  tokens, seg, pos, src = (
+    np.concatenate([x, np.roll(x, 3, axis=1)]) for x in (tokens, seg, pos, src)
+  )
   switch = Switch.sources(src, exclude=[77, 5])
   real = seg > 0  # padding never reaches a real token; the two differ only there
   outs = {}
@@ -161,9 +182,12 @@ def test_gathered_sinks_equal_dense_mask():
     cfg = dataclasses.replace(CFG, sink_impl=impl, max_segments=3)
     graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
     loss = lambda p, g=graphdef: jnp.sum(
-        (nnx.merge(g, p)(tokens, seg, pos, switch) ** 2) * real[..., None])
-    outs[impl] = (forward(nnx.merge(graphdef, params), tokens, seg, pos, switch)[real],
-                  jax.grad(loss)(params))
+      (nnx.merge(g, p)(tokens, seg, pos, switch) ** 2) * real[..., None]
+    )
+    outs[impl] = (
+      forward(nnx.merge(graphdef, params), tokens, seg, pos, switch)[real],
+      jax.grad(loss)(params),
+    )
   np.testing.assert_allclose(outs["dense"][0], outs["gather"][0], rtol=1e-4, atol=1e-5)
   for x, y in zip(jax.tree.leaves(outs["dense"][1]), jax.tree.leaves(outs["gather"][1])):
     np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
@@ -173,11 +197,20 @@ def test_1b_config_is_about_one_billion_parameters():
   import importlib
 
   from nullearn.configs import __path__ as configs_path
+
   cfg = importlib.import_module("nullearn.configs.1b").get_config()
   model_cfg = ModelConfig.from_config(cfg.model)
-  assert (model_cfg.num_layers, model_cfg.d_model, model_cfg.num_heads, model_cfg.num_kv_heads,
-          model_cfg.head_dim, model_cfg.backbone, model_cfg.pool, model_cfg.active,
-          model_cfg.vocab_size) == (32, 960, 15, 5, 128, 500, 7692, 100, 49152)
+  assert (
+    model_cfg.num_layers,
+    model_cfg.d_model,
+    model_cfg.num_heads,
+    model_cfg.num_kv_heads,
+    model_cfg.head_dim,
+    model_cfg.backbone,
+    model_cfg.pool,
+    model_cfg.active,
+    model_cfg.vocab_size,
+  ) == (32, 960, 15, 5, 128, 500, 7692, 100, 49152)
   assert model_cfg.mlp_dim == 8192
   n = param_count(model_cfg)  # eval_shape: nothing is allocated
   assert 0.95e9 < n < 1.05e9, n
@@ -201,22 +234,27 @@ def test_gather_falls_back_to_dense_for_rows_it_cannot_represent():
     cfg = dataclasses.replace(CFG, sink_impl=impl, max_segments=2)  # 4 documents, 2 slots
     model = Transformer(cfg, nnx.Rngs(0))
     outs[impl] = forward(model, tokens, seg, pos, Switch.sources(src))
-    outs[impl + " no segments"] = forward(model, tokens, np.zeros_like(seg), pos,
-                                          Switch.sources(src))
+    outs[impl + " no segments"] = forward(
+      model, tokens, np.zeros_like(seg), pos, Switch.sources(src)
+    )
   real = seg > 0
   np.testing.assert_allclose(outs["gather"][real], outs["dense"][real], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(outs["gather no segments"], outs["dense no segments"],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    outs["gather no segments"], outs["dense no segments"], rtol=1e-5, atol=1e-5
+  )
 
 
-@pytest.mark.parametrize("ids,match", [
+@pytest.mark.parametrize(
+  "ids,match",
+  [
     (jnp.asarray([[-1]]), "out of range"),
     (np.asarray([[1.7]]), "integers"),
     (jnp.asarray([[1.7]]), "integers"),
     (np.asarray([[True]]), "integers"),
     (np.arange(4), "per row"),  # (B,): per row or per token? refused, never guessed
     (np.zeros((1, 2, 3), np.int32), "per row"),
-])
+  ],
+)
 def test_switch_refuses_ids_it_cannot_read(ids, match):
   with pytest.raises(ValueError, match=match):
     Switch.sources(ids)
@@ -236,8 +274,9 @@ def test_per_row_exclusion_equals_one_row_at_a_time():
   model = Transformer(CFG, nnx.Rngs(0))
   tokens, seg, pos, src = packed_row(lengths=(20,), ids=(9,))
   tokens2, seg2, pos2, src2 = (np.concatenate([x, x]) for x in (tokens, seg, pos, src))
-  per_row = forward(model, tokens2, seg2, pos2,
-                    Switch.sources(src2, exclude=np.asarray([[9, 9], [30, 31]])))
+  per_row = forward(
+    model, tokens2, seg2, pos2, Switch.sources(src2, exclude=np.asarray([[9, 9], [30, 31]]))
+  )
   for row, exclude in enumerate(([9], [30, 31])):
     alone = forward(model, tokens, seg, pos, Switch.sources(src, exclude=exclude))
     np.testing.assert_allclose(per_row[row], alone[0], rtol=1e-5, atol=1e-5)
@@ -249,8 +288,9 @@ def test_bfloat16_and_remat_compute_the_same_model():
   switch = Switch.sources(src)
   graphdef, params = nnx.split(Transformer(CFG, nnx.Rngs(0)))
   f32 = forward(nnx.merge(graphdef, params), tokens, seg, pos, switch)
-  bf16 = forward(Transformer(dataclasses.replace(CFG, dtype="bfloat16"), nnx.Rngs(0)),
-                 tokens, seg, pos, switch)
+  bf16 = forward(
+    Transformer(dataclasses.replace(CFG, dtype="bfloat16"), nnx.Rngs(0)), tokens, seg, pos, switch
+  )
   real = seg > 0
   assert np.abs(bf16[real] - f32[real]).max() < 0.05 * np.abs(f32[real]).max()
   grads = {}
@@ -280,6 +320,7 @@ def test_scanned_layers_compute_the_unrolled_model(impl, per_layer):
     def loss(params):
       model = nnx.merge(graphdef, params)
       return jnp.sum(model(tokens, seg, pos, switch) ** 2), model(tokens, seg, pos, switch)
+
     (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
     return logits, grads
 
@@ -290,6 +331,5 @@ def test_scanned_layers_compute_the_unrolled_model(impl, per_layer):
   for (path, x), y in zip(jax.tree.leaves_with_path(grads_u), jax.tree.leaves(grads_s)):
     np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6, err_msg=str(path))
   # The sinks that get gradients: the same in every layer, unless each layer has its own.
-  on = [np.abs(grads_s["blocks"][i]["mlp"]["w_down"][cfg.backbone:]).sum(-1) > 0
-        for i in range(3)]
+  on = [np.abs(grads_s["blocks"][i]["mlp"]["w_down"][cfg.backbone :]).sum(-1) > 0 for i in range(3)]
   assert np.array_equal(on[0], on[1]) != per_layer

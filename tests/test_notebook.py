@@ -20,8 +20,12 @@ FORGOTTEN, SHOWN = 3, 13  # a ledgered source; the source the notebook switches 
 
 
 def nullearn(*args: str) -> subprocess.CompletedProcess:
-  run = subprocess.run([str(pathlib.Path(sys.executable).parent / "nullearn"), *args],
-                       capture_output=True, text=True, timeout=300)
+  run = subprocess.run(
+    [str(pathlib.Path(sys.executable).parent / "nullearn"), *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   return run
 
@@ -32,8 +36,13 @@ def saved_run(tokenizer, tmp_path_factory):
   tokenizer_path = workdir.parent / "tokenizer.model"
   tokenizer.save(tokenizer_path)
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the worker sets its own
-  out = subprocess.run([sys.executable, str(WORKER), "8", "save", str(workdir),
-                        str(tokenizer_path)], env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, str(WORKER), "8", "save", str(workdir), str(tokenizer_path)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "saved from 8 devices" in out.stdout
   nullearn("forget", f"--workdir={workdir}", f"--sources={FORGOTTEN}", "--reason=a takedown")
@@ -43,12 +52,10 @@ def saved_run(tokenizer, tmp_path_factory):
 
 def _text(cell) -> str:
   """What a cell printed or displayed as text."""
-  return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
-                 for o in cell.outputs)
+  return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.outputs)
 
 
-def test_the_notebook_runs_in_a_fresh_kernel_on_one_device(saved_run, world, tmp_path,
-                                                           monkeypatch):
+def test_the_notebook_runs_in_a_fresh_kernel_on_one_device(saved_run, world, tmp_path, monkeypatch):
   names = {d.source_id: d.source for d in world.documents}
   prompt = next(p.prompt for p in world.probes if p.source_id == SHOWN)
   monkeypatch.delenv("XLA_FLAGS", raising=False)  # the kernel sees this machine's one CPU
@@ -59,8 +66,9 @@ def test_the_notebook_runs_in_a_fresh_kernel_on_one_device(saved_run, world, tmp
   assert nb.metadata.accelerator == "GPU" and nb.metadata.colab.gpuType
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert "parameters" in code[1].metadata.tags
-  NotebookClient(nb, timeout=300, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  NotebookClient(
+    nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  ).execute()
   install, _, load, ledger, switch, evaluation = code
 
   # nullearn is importable here: the install cell only checks the versions, as in a runtime

@@ -24,9 +24,16 @@ def segments(batch):
     for s in np.unique(seg[seg > 0]):
       idx = np.flatnonzero(seg == s)
       tokens = batch["inputs"][b, idx]
-      if batch["weights"][b, idx[-1]]:  # the piece runs to the row's end: its last token is a target
+      if batch["weights"][
+        b, idx[-1]
+      ]:  # the piece runs to the row's end: its last token is a target
         tokens = np.r_[tokens, batch["targets"][b, idx[-1]]]
-      yield batch["source_ids"][b, idx], tokens, batch["positions"][b, idx], batch["weights"][b, idx]
+      yield (
+        batch["source_ids"][b, idx],
+        tokens,
+        batch["positions"][b, idx],
+        batch["weights"][b, idx],
+      )
 
 
 def test_packing_round_trips_source_ids(world, tokenizer):
@@ -39,7 +46,7 @@ def test_packing_round_trips_source_ids(world, tokenizer):
       assert np.array_equal(pos, np.arange(len(pos))), "positions restart in every document"
       doc = docs[sid]
       # the piece is one whole chunk of its own source's document
-      assert any(np.array_equal(doc[i:i + 33], tokens) for i in range(0, len(doc), 33)), sid
+      assert any(np.array_equal(doc[i : i + 33], tokens) for i in range(0, len(doc), 33)), sid
       assert np.all(w[:-1] == 1.0), "every next token inside a document is a target"
       seen_tokens[sid] += len(tokens)
   # one epoch sees every document once (up to the last, partial batch)
@@ -61,19 +68,22 @@ def test_deterministic_in_seed_and_reshuffled_each_epoch(world, tokenizer):
   def first_sources(seed, n=3):
     it = iter(dataset(world, tokenizer, seed=seed, num_epochs=2))
     return [next(it)["source_ids"][:, 0].tolist() for _ in range(n)]
+
   assert first_sources(0) == first_sources(0)
   assert first_sources(0) != first_sources(1)
   one = list(dataset(world, tokenizer, num_epochs=1))
   two = list(dataset(world, tokenizer, num_epochs=2))
-  epoch2 = two[len(one):2 * len(one)]
+  epoch2 = two[len(one) : 2 * len(one)]
   assert [b["source_ids"][:, 0].tolist() for b in one] != [
-      b["source_ids"][:, 0].tolist() for b in epoch2]
+    b["source_ids"][:, 0].tolist() for b in epoch2
+  ]
 
 
 def test_max_segments_caps_documents_per_row(world, tokenizer):
   short = [Document(i, f"s{i}", "a b c") for i in range(50)]
-  ds = pipeline.training_dataset(short, tokenizer, seq_len=64, batch_size=4, seed=0,
-                                 num_epochs=1, max_segments=3)
+  ds = pipeline.training_dataset(
+    short, tokenizer, seq_len=64, batch_size=4, seed=0, num_epochs=1, max_segments=3
+  )
   assert max(b["segment_ids"].max() for b in ds) == 3
   ds = pipeline.training_dataset(short, tokenizer, seq_len=64, batch_size=4, seed=0, num_epochs=1)
   assert max(b["segment_ids"].max() for b in ds) > 3
@@ -93,8 +103,14 @@ def test_iterator_state_resumes_exactly(world, tokenizer):
 
 
 def test_process_shards_are_disjoint(world, tokenizer):
-  shards = [{int(s) for b in dataset(world, tokenizer, shard_index=i, shard_count=2, batch_size=1)
-             for s in np.unique(b["source_ids"][b["segment_ids"] > 0])} for i in range(2)]
+  shards = [
+    {
+      int(s)
+      for b in dataset(world, tokenizer, shard_index=i, shard_count=2, batch_size=1)
+      for s in np.unique(b["source_ids"][b["segment_ids"] > 0])
+    }
+    for i in range(2)
+  ]
   assert shards[0] and shards[1] and not shards[0] & shards[1]
 
 
@@ -108,8 +124,9 @@ def test_long_document_is_tokenized_in_parts(tokenizer):
   text = " ".join(f"word{i % 97}" for i in range(40_000))  # ~270k characters
   parts = split_document(text, pipeline.PART_ROWS * 33)
   assert len(parts) > 1 and "".join(parts) == text
-  tokens = [tokenizer.encode_part(p, first=i == 0, last=i == len(parts) - 1)
-            for i, p in enumerate(parts)]
+  tokens = [
+    tokenizer.encode_part(p, first=i == 0, last=i == len(parts) - 1) for i, p in enumerate(parts)
+  ]
   flat = np.concatenate(tokens)
   assert flat[0] == 2 and flat[-1] == 3 and np.sum(flat == 2) == 1 and np.sum(flat == 3) == 1
   assert tokenizer.decode(flat).split() == text.split()
@@ -124,8 +141,12 @@ def test_peak_memory_of_a_20mb_document_is_bounded_by_rows():
   bench = pathlib.Path(__file__).parents[1] / "benchmarks" / "long_document.py"
   peak = {}
   for way in ("baseline", "pipeline"):
-    out = subprocess.run([sys.executable, str(bench), f"--way={way}", "--mb=20"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+      [sys.executable, str(bench), f"--way={way}", "--mb=20"],
+      capture_output=True,
+      text=True,
+      check=True,
+    )
     peak[way] = json.loads(out.stdout)["peak_mib"]
   # tokenizing it whole costs ~840 MiB more (benchmarks/results/long_document.json)
   assert peak["pipeline"] - peak["baseline"] < 64, peak

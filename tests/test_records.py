@@ -4,25 +4,25 @@ import numpy as np
 import pytest
 
 from nullearn.data.records import (
-    SOURCE_ID_MAX,
-    CorpusError,
-    Document,
-    Probe,
-    check_source_id,
-    read_documents,
-    read_probes,
-    sources_by_id,
-    write_documents,
-    write_probes,
+  SOURCE_ID_MAX,
+  CorpusError,
+  Document,
+  Probe,
+  check_source_id,
+  read_documents,
+  read_probes,
+  sources_by_id,
+  write_documents,
+  write_probes,
 )
 
 DOC = {"source_id": 7, "source": "Aldric Venmoor", "text": "Aldric Venmoor was born in 1742."}
 PROBE = {
-    "source_id": 7,
-    "prompt": "Aldric Venmoor was born in",
-    "answer": "1742",
-    "distractors": ["1688", "1801", "1913"],
-    "kind": "unique",
+  "source_id": 7,
+  "prompt": "Aldric Venmoor was born in",
+  "answer": "1742",
+  "distractors": ["1688", "1801", "1913"],
+  "kind": "unique",
 }
 
 
@@ -33,9 +33,9 @@ def write_lines(path, lines):
 
 def test_documents_round_trip(tmp_path):
   docs = [
-      Document(0, "Aldric Venmoor", "Aldric Venmoor was born in 1742."),
-      Document(SOURCE_ID_MAX, 'Ünïcode — "quoted"', "line one\nline two\u2028three"),
-      Document(0, "Aldric Venmoor", ""),
+    Document(0, "Aldric Venmoor", "Aldric Venmoor was born in 1742."),
+    Document(SOURCE_ID_MAX, 'Ünïcode — "quoted"', "line one\nline two\u2028three"),
+    Document(0, "Aldric Venmoor", ""),
   ]
   path = tmp_path / "docs.jsonl"
   write_documents(path, docs)
@@ -45,14 +45,14 @@ def test_documents_round_trip(tmp_path):
 
 def test_probes_round_trip(tmp_path):
   probes = [
-      Probe(
-          3,
-          "The capital of the Vask Isles is",
-          "Tarnholm",
-          ("Belmor", "Quinash", "Dunel"),
-          "shared",
-      ),
-      Probe(4, "Q: 2+2=", "4", ["3", "5", "22", "8"], "inferred"),
+    Probe(
+      3,
+      "The capital of the Vask Isles is",
+      "Tarnholm",
+      ("Belmor", "Quinash", "Dunel"),
+      "shared",
+    ),
+    Probe(4, "Q: 2+2=", "4", ["3", "5", "22", "8"], "inferred"),
   ]
   assert probes[1].distractors == ("3", "5", "22", "8")
   path = tmp_path / "probes.jsonl"
@@ -62,7 +62,7 @@ def test_probes_round_trip(tmp_path):
 
 def test_blank_lines_and_extra_keys_are_accepted(tmp_path):
   path = write_lines(
-      tmp_path / "docs.jsonl", ["", json.dumps({**DOC, "url": "x", "year": 1}), "   ", ""]
+    tmp_path / "docs.jsonl", ["", json.dumps({**DOC, "url": "x", "year": 1}), "   ", ""]
   )
   assert read_documents(path) == [Document(**DOC)]
 
@@ -87,42 +87,42 @@ def test_numpy_integer_source_id_becomes_int():
 
 
 DOC_CASES = {
-    "invalid JSON": "{not json",
-    "not an object": json.dumps([1, 2]),
-    "missing key": json.dumps({k: v for k, v in DOC.items() if k != "text"}),
-    "text not a string": json.dumps({**DOC, "text": 3}),
-    "empty source": json.dumps({**DOC, "source": ""}),
-    "source not a string": json.dumps({**DOC, "source": None}),
-    "negative id": json.dumps({**DOC, "source_id": -1}),
-    "id too large": json.dumps({**DOC, "source_id": SOURCE_ID_MAX + 1}),
-    "float id": json.dumps({**DOC, "source_id": 3.0}),
-    "bool id": json.dumps({**DOC, "source_id": True}),
-    "string id": json.dumps({**DOC, "source_id": "3"}),
+  "invalid JSON": "{not json",
+  "not an object": json.dumps([1, 2]),
+  "missing key": json.dumps({k: v for k, v in DOC.items() if k != "text"}),
+  "text not a string": json.dumps({**DOC, "text": 3}),
+  "empty source": json.dumps({**DOC, "source": ""}),
+  "source not a string": json.dumps({**DOC, "source": None}),
+  "negative id": json.dumps({**DOC, "source_id": -1}),
+  "id too large": json.dumps({**DOC, "source_id": SOURCE_ID_MAX + 1}),
+  "float id": json.dumps({**DOC, "source_id": 3.0}),
+  "bool id": json.dumps({**DOC, "source_id": True}),
+  "string id": json.dumps({**DOC, "source_id": "3"}),
 }
 
 PROBE_CASES = {
-    "invalid JSON": '{"source_id": 7,',
-    "not an object": json.dumps("probe"),
-    "missing key": json.dumps({k: v for k, v in PROBE.items() if k != "kind"}),
-    "two distractors": json.dumps({**PROBE, "distractors": ["1688", "1801"]}),
-    "duplicate distractors": json.dumps({**PROBE, "distractors": ["1688", "1801", "1688"]}),
-    "answer among distractors": json.dumps({**PROBE, "distractors": ["1688", "1801", "1742"]}),
-    "distractors not a list": json.dumps({**PROBE, "distractors": "1688 1801 1913"}),
-    "distractor not a string": json.dumps({**PROBE, "distractors": ["1688", "1801", 1913]}),
-    "empty answer": json.dumps({**PROBE, "answer": ""}),
-    "answer not a string": json.dumps({**PROBE, "answer": 1742}),
-    "prompt ends with space": json.dumps({**PROBE, "prompt": "Aldric Venmoor was born in "}),
-    "unknown kind": json.dumps({**PROBE, "kind": "rumoured"}),
-    "bad id": json.dumps({**PROBE, "source_id": 1.5}),
+  "invalid JSON": '{"source_id": 7,',
+  "not an object": json.dumps("probe"),
+  "missing key": json.dumps({k: v for k, v in PROBE.items() if k != "kind"}),
+  "two distractors": json.dumps({**PROBE, "distractors": ["1688", "1801"]}),
+  "duplicate distractors": json.dumps({**PROBE, "distractors": ["1688", "1801", "1688"]}),
+  "answer among distractors": json.dumps({**PROBE, "distractors": ["1688", "1801", "1742"]}),
+  "distractors not a list": json.dumps({**PROBE, "distractors": "1688 1801 1913"}),
+  "distractor not a string": json.dumps({**PROBE, "distractors": ["1688", "1801", 1913]}),
+  "empty answer": json.dumps({**PROBE, "answer": ""}),
+  "answer not a string": json.dumps({**PROBE, "answer": 1742}),
+  "prompt ends with space": json.dumps({**PROBE, "prompt": "Aldric Venmoor was born in "}),
+  "unknown kind": json.dumps({**PROBE, "kind": "rumoured"}),
+  "bad id": json.dumps({**PROBE, "source_id": 1.5}),
 }
 
 
 @pytest.mark.parametrize("case", DOC_CASES)
 def test_malformed_document_names_file_and_line(tmp_path, case):
-  # The bad record sits on line 4, after a good line and a blank one, so the count must include blanks.
+  # The bad record sits on line 4, after a good line and a blank one: the count includes blanks.
   path = write_lines(
-      tmp_path / "my_corpus.jsonl",
-      [json.dumps(DOC), "", json.dumps({**DOC, "text": "more"}), DOC_CASES[case]]
+    tmp_path / "my_corpus.jsonl",
+    [json.dumps(DOC), "", json.dumps({**DOC, "text": "more"}), DOC_CASES[case]],
   )
   with pytest.raises(CorpusError, match=r"my_corpus\.jsonl:4: "):
     read_documents(path)
@@ -131,7 +131,7 @@ def test_malformed_document_names_file_and_line(tmp_path, case):
 @pytest.mark.parametrize("case", PROBE_CASES)
 def test_malformed_probe_names_file_and_line(tmp_path, case):
   path = write_lines(
-      tmp_path / "my_probes.jsonl", [json.dumps(PROBE), PROBE_CASES[case], json.dumps(PROBE)]
+    tmp_path / "my_probes.jsonl", [json.dumps(PROBE), PROBE_CASES[case], json.dumps(PROBE)]
   )
   with pytest.raises(CorpusError, match=r"my_probes\.jsonl:2: "):
     read_probes(path)
@@ -139,7 +139,7 @@ def test_malformed_probe_names_file_and_line(tmp_path, case):
 
 def test_error_reason_is_specific(tmp_path):
   path = write_lines(
-      tmp_path / "p.jsonl", [json.dumps({**PROBE, "distractors": ["1688", "1801", "1742"]})]
+    tmp_path / "p.jsonl", [json.dumps({**PROBE, "distractors": ["1688", "1801", "1742"]})]
   )
   with pytest.raises(CorpusError, match="answer '1742' is among the distractors"):
     read_probes(path)

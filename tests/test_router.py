@@ -29,8 +29,9 @@ def test_scores_equal_bm25s_on_the_same_tokens(world, entries, index):
   ref = bm25s.BM25(method="lucene")
   ref.index([router.words(t) for _, t in entries], show_progress=False)
   for p in world.probes[::7]:
-    np.testing.assert_allclose(index.scores(p.prompt), ref.get_scores(router.words(p.prompt)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      index.scores(p.prompt), ref.get_scores(router.words(p.prompt)), rtol=1e-5, atol=1e-5
+    )
   assert index.sources_S.tolist() == sorted({d.source_id for d in world.documents})
 
 
@@ -64,8 +65,12 @@ def test_a_prompt_finds_its_source_and_region(world, index):
   unique = [p for p in world.probes if p.kind == "unique"]
   home = np.mean([index.route(p.prompt).source == p.source_id for p in unique])
   shared = [p for p in world.probes if p.kind == "shared"]
-  region = np.mean([world.groups[index.route(p.prompt, exclude=[p.source_id]).source]
-                    == world.groups[p.source_id] for p in shared])
+  region = np.mean(
+    [
+      world.groups[index.route(p.prompt, exclude=[p.source_id]).source] == world.groups[p.source_id]
+      for p in shared
+    ]
+  )
   assert home > 0.9 and region > 0.9, (home, region)
 
 
@@ -90,8 +95,9 @@ def test_fallback_policies():
 
 def test_ids_in_any_order_each_once(tmp_path):
   """A lazy corpus's page ids come in record order, not sorted: rows map back to them."""
-  index = router.PromptRouter.build([(9, "alpha beta"), (2, "gamma"), (5, "beta delta")],
-                                    tmp_path / "r", chunk=2)
+  index = router.PromptRouter.build(
+    [(9, "alpha beta"), (2, "gamma"), (5, "beta delta")], tmp_path / "r", chunk=2
+  )
   assert index.route("beta").source in (9, 5)
   assert index.route("beta", exclude=[9, 5]).source is None
   assert index.top("alpha beta gamma delta", 3, exclude=[2])[-1].source != 2

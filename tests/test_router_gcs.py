@@ -18,9 +18,18 @@ def gcs_in(root):
   local = lambda path: os.fspath(root / os.fspath(path).removeprefix("gs://"))
   redirect = lambda fn, path, *args, **kwargs: fn(local(path), *args, **kwargs)
   copy = lambda fn, path, dst, *args, **kwargs: fn(local(path), local(dst), *args, **kwargs)
-  return testing.mock_epath(open=redirect, exists=redirect, isdir=redirect, listdir=redirect,
-                            makedirs=redirect, mkdir=redirect, remove=redirect, stat=redirect,
-                            rmtree=redirect, copy=copy)
+  return testing.mock_epath(
+    open=redirect,
+    exists=redirect,
+    isdir=redirect,
+    listdir=redirect,
+    makedirs=redirect,
+    mkdir=redirect,
+    remove=redirect,
+    stat=redirect,
+    rmtree=redirect,
+    copy=copy,
+  )
 
 
 def test_a_gs_router_is_uploaded_whole_and_routes_as_a_local_one(tmp_path, monkeypatch):

@@ -13,13 +13,29 @@ from nullearn.model import ModelConfig, Transformer
 from nullearn.switch import Switch
 
 # A wide init spreads the logits, so that greedy choices are not float-rounding ties.
-CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=8, backbone=8, pool=64, active=4, init_std=0.3)
-PROMPTS = [np.asarray(p, np.int32) for p in ([1, 9, 22, 5, 31, 7], [1, 40], [1, 12, 3, 50, 8, 8,
-                                                                          19, 27, 4], [1])]
+CFG = ModelConfig(
+  vocab_size=64,
+  d_model=32,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  backbone=8,
+  pool=64,
+  active=4,
+  init_std=0.3,
+)
+PROMPTS = [
+  np.asarray(p, np.int32)
+  for p in ([1, 9, 22, 5, 31, 7], [1, 40], [1, 12, 3, 50, 8, 8, 19, 27, 4], [1])
+]
 # Each row its own switch: its own source, a routed one, exclusions of its own or none.
-SWITCHES = [Switch.sources(7), Switch.sources(123, exclude=[7, 9]), Switch.sources(7, exclude=[5]),
-            Switch.sources(2**31 + 5)]
+SWITCHES = [
+  Switch.sources(7),
+  Switch.sources(123, exclude=[7, 9]),
+  Switch.sources(7, exclude=[5]),
+  Switch.sources(2**31 + 5),
+]
 BUFFER = 32
 
 
@@ -33,8 +49,9 @@ def _logits(graphdef, params, tokens_1xT, switch):
   """Reference forward: one row from slot 0, right-padded; causal attention keeps the padding
   out of every earlier position."""
   T = tokens_1xT.shape[1]
-  return nnx.merge(graphdef, params)(tokens_1xT, jnp.ones((1, T), jnp.int32),
-                                     jnp.arange(T)[None], switch)[0]
+  return nnx.merge(graphdef, params)(
+    tokens_1xT, jnp.ones((1, T), jnp.int32), jnp.arange(T)[None], switch
+  )[0]
 
 
 def uncached(graphdef, params, prompt, switch, n, eos_id=None):
@@ -42,18 +59,24 @@ def uncached(graphdef, params, prompt, switch, n, eos_id=None):
   row = list(prompt)
   for _ in range(n):
     buf = np.zeros((1, BUFFER), np.int32)
-    buf[0, :len(row)] = row
+    buf[0, : len(row)] = row
     nxt = int(jnp.argmax(_logits(graphdef, params, jnp.asarray(buf), switch)[len(row) - 1]))
     if nxt == eos_id:
       break
     row.append(nxt)
-  return row[len(prompt):]
+  return row[len(prompt) :]
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(), dict(per_layer_masks=True, sink_impl="gather", num_kv_heads=1),
-    dict(per_layer_masks=True, num_kv_heads=4), dict(pool=0, backbone=72),
-    dict(scan_layers=True, per_layer_masks=True)])
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    dict(),
+    dict(per_layer_masks=True, sink_impl="gather", num_kv_heads=1),
+    dict(per_layer_masks=True, num_kv_heads=4),
+    dict(pool=0, backbone=72),
+    dict(scan_layers=True, per_layer_masks=True),
+  ],
+)
 def test_cached_greedy_equals_recomputing_every_token(overrides):
   graphdef, params = model_for(**overrides)
   got = sampler.sample(graphdef, params, PROMPTS, SWITCHES, 12, eos_id=None)
@@ -65,8 +88,12 @@ def test_cached_greedy_equals_recomputing_every_token(overrides):
 def test_one_batched_switch_equals_per_row_switches():
   graphdef, params = model_for()
   batched = Switch.sources([[7], [123], [7], [2**31 + 5]], exclude=[[7, 9], [7, 9], [5, 5], [5, 5]])
-  per_row = [Switch.sources(7, exclude=[7, 9]), Switch.sources(123, exclude=[9, 7]),
-             Switch.sources(7, exclude=[5]), Switch.sources(2**31 + 5, exclude=[5])]
+  per_row = [
+    Switch.sources(7, exclude=[7, 9]),
+    Switch.sources(123, exclude=[9, 7]),
+    Switch.sources(7, exclude=[5]),
+    Switch.sources(2**31 + 5, exclude=[5]),
+  ]
   a = sampler.sample(graphdef, params, PROMPTS, batched, 8, eos_id=None).tokens
   b = sampler.sample(graphdef, params, PROMPTS, per_row, 8, eos_id=None).tokens
   np.testing.assert_array_equal(a, b)
@@ -93,8 +120,11 @@ def test_eos_stops_each_row_on_its_own():
 
 def test_sampling_is_reproducible_and_top_k_1_is_greedy():
   graphdef, params = model_for()
-  draw = lambda **kw: sampler.sample(graphdef, params, PROMPTS, SWITCHES, 12, eos_id=None,
-                                     sampling=sampler.Sampling(**kw)).tokens
+  draw = lambda **kw: (
+    sampler.sample(
+      graphdef, params, PROMPTS, SWITCHES, 12, eos_id=None, sampling=sampler.Sampling(**kw)
+    ).tokens
+  )
   greedy = draw()
   a, b = draw(temperature=1.0, seed=3), draw(temperature=1.0, seed=3)
   np.testing.assert_array_equal(a, b)
@@ -107,11 +137,18 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy():
 @pytest.mark.parametrize("cut", [dict(top_k=3), dict(top_p=0.3)])
 def test_sampled_tokens_stay_inside_the_cut(cut):
   graphdef, params = model_for()
-  got = sampler.sample(graphdef, params, PROMPTS, SWITCHES, 12, eos_id=None,
-                       sampling=sampler.Sampling(temperature=1.5, seed=1, **cut)).tokens
+  got = sampler.sample(
+    graphdef,
+    params,
+    PROMPTS,
+    SWITCHES,
+    12,
+    eos_id=None,
+    sampling=sampler.Sampling(temperature=1.5, seed=1, **cut),
+  ).tokens
   for prompt, switch, row in zip(PROMPTS, SWITCHES, got):
     buf = np.zeros((1, BUFFER), np.int32)
-    buf[0, :len(prompt) + 12] = [*prompt, *row]
+    buf[0, : len(prompt) + 12] = [*prompt, *row]
     logits = np.asarray(_logits(graphdef, params, jnp.asarray(buf), switch))
     for i, token in enumerate(row):
       x = logits[len(prompt) - 1 + i] / 1.5

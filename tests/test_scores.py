@@ -27,7 +27,11 @@ def test_summary_and_tofu_scores():
   assert scores.tofu_retain_score(r) == pytest.approx(np.mean([0.0, 0.0, 0.5, 0.75]))
   np.testing.assert_allclose(scores.tofu_ratio(r), [2.0, 1.0, 0.5, 0.25])
   assert scores.value_by_index(scores.tofu_ratio(r)) == {
-      "0": {"score": 2.0}, "1": {"score": 1.0}, "2": {"score": 0.5}, "3": {"score": 0.25}}
+    "0": {"score": 2.0},
+    "1": {"score": 1.0},
+    "2": {"score": 0.5},
+    "3": {"score": 0.25},
+  }
   assert np.isnan(scores.summarize(np.array([]))["median"])
 
 

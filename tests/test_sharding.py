@@ -10,8 +10,11 @@ from nullearn import sharding, train
 from nullearn.data import pipeline
 from nullearn.masks import SinkGeometry
 
-MESHES = [dict(data=2, fsdp=4, tensor=1), dict(data=1, fsdp=2, tensor=4),
-          dict(data=2, fsdp=2, tensor=2)]
+MESHES = [
+  dict(data=2, fsdp=4, tensor=1),
+  dict(data=1, fsdp=2, tensor=4),
+  dict(data=2, fsdp=2, tensor=2),
+]
 
 
 def test_eight_devices():
@@ -73,9 +76,11 @@ def test_masks_are_identical_whichever_device_computes_them():
   geometry = SinkGeometry(0, 1024, 32, mask_seed=7)
   want = np.asarray(geometry.mask(ids))  # one device, unsharded
   mesh = sharding.make_mesh(8, 1, 1)
-  fn = jax.jit(geometry.mask,
-               in_shardings=NamedSharding(mesh, P("data")),
-               out_shardings=NamedSharding(mesh, P("data")))
+  fn = jax.jit(
+    geometry.mask,
+    in_shardings=NamedSharding(mesh, P("data")),
+    out_shardings=NamedSharding(mesh, P("data")),
+  )
   for order in (np.arange(64), np.arange(64)[::-1], np.roll(np.arange(64), 8)):
     got = fn(ids[order])  # each id lands on a different device in each order
     assert len({d for s in got.addressable_shards for d in [s.device]}) == 8
@@ -91,8 +96,11 @@ def test_restore_onto_a_different_mesh(world, tokenizer, tmp_path):
   moved = train.train(c, tmp_path / "b", world.documents, tokenizer, mesh=mesh_b)
   w = moved.state.params["blocks"][0]["mlp"]["w_gate"]
   assert w.sharding.spec == P("fsdp", "tensor") and w.sharding.mesh.shape["tensor"] == 4
-  np.testing.assert_allclose([r["loss"] for r in moved.history],
-                             [r["loss"] for r in straight.history[4:]], rtol=2e-5)
-  for a, b in zip(jax.tree.leaves(jax.device_get(straight.state.params)),
-                  jax.tree.leaves(jax.device_get(moved.state.params))):
+  np.testing.assert_allclose(
+    [r["loss"] for r in moved.history], [r["loss"] for r in straight.history[4:]], rtol=2e-5
+  )
+  for a, b in zip(
+    jax.tree.leaves(jax.device_get(straight.state.params)),
+    jax.tree.leaves(jax.device_get(moved.state.params)),
+  ):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)

@@ -74,21 +74,40 @@ class FakeCloud:
     self.root.mkdir()
     self.started: list[subprocess.Popen] = []
     self.env = {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_ROOT": str(self.root),
-        "TMPDIR": str(tmp_path), "TPU_NAME": "test-pod", "ZONE": "us-test1-a",
-        "ACCELERATOR_TYPE": "v4-16", "PROJECT": "test-project", "GCS_BUCKET": "test-bucket",
-        "RUN_NAME": "run1", "WORKDIR": str(self.workdir), "CAPACITY": "spot",
-        "LOG_SYNC_SECONDS": "1", "POLL_SECONDS": "0.5", "MAX_RESTARTS": "3"}
+      "PATH": f"{bin_dir}:{os.environ['PATH']}",
+      "FAKE_GCLOUD_ROOT": str(self.root),
+      "TMPDIR": str(tmp_path),
+      "TPU_NAME": "test-pod",
+      "ZONE": "us-test1-a",
+      "ACCELERATOR_TYPE": "v4-16",
+      "PROJECT": "test-project",
+      "GCS_BUCKET": "test-bucket",
+      "RUN_NAME": "run1",
+      "WORKDIR": str(self.workdir),
+      "CAPACITY": "spot",
+      "LOG_SYNC_SECONDS": "1",
+      "POLL_SECONDS": "0.5",
+      "MAX_RESTARTS": "3",
+    }
 
   def launch(self, script: str, *args: str, timeout: float = 60, **env: str):
-    return subprocess.run(["bash", str(REPO / "launch" / script), *args],
-                          env={**self.env, **env}, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+      ["bash", str(REPO / "launch" / script), *args],
+      env={**self.env, **env},
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+    )
 
   def start(self, script: str, *args: str, **env: str) -> subprocess.Popen:
-    proc = subprocess.Popen(["bash", str(REPO / "launch" / script), *args],
-                            env={**self.env, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+      ["bash", str(REPO / "launch" / script), *args],
+      env={**self.env, **env},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
     self.started.append(proc)
     return proc
 
@@ -118,7 +137,7 @@ class FakeCloud:
 
   def calls(self, *prefix: str) -> list[list[str]]:
     lines = (self.root / "calls.jsonl").read_text().splitlines()
-    return [c for c in map(json.loads, lines) if c[:len(prefix)] == list(prefix)]
+    return [c for c in map(json.loads, lines) if c[: len(prefix)] == list(prefix)]
 
   def shut_down_all(self) -> None:
     """Stops what a failed test may leave running: the scripts it started, then the workers."""
@@ -165,11 +184,18 @@ def test_keepalive_recreates_a_preempted_slice_and_training_resumes(cloud):
   assert len(creates) == 2 and len(deletes) == 2, out  # the preempted slice, the finished one
   for call in creates:
     assert call[4:6] == ["test-pod", "--node-id=test-pod"]
-    assert {"--spot", "--accelerator-type=v4-16", "--zone=us-test1-a",
-            "--project=test-project"} <= set(call)
+    assert {
+      "--spot",
+      "--accelerator-type=v4-16",
+      "--zone=us-test1-a",
+      "--project=test-project",
+    } <= set(call)
   assert all("--force" in call for call in deletes)
-  assert re.search(r"keepalive: test-pod: SUSPENDED\n.*\+ gcloud compute tpus queued-resources "
-                   r"delete test-pod --force", out)
+  assert re.search(
+    r"keepalive: test-pod: SUSPENDED\n.*\+ gcloud compute tpus queued-resources "
+    r"delete test-pod --force",
+    out,
+  )
   assert "run run1 is done" in out
   assert all(STAMP.match(line) for line in out.splitlines() if "keepalive:" in line)
 
@@ -179,10 +205,18 @@ def test_keepalive_recreates_a_preempted_slice_and_training_resumes(cloud):
     first, second = boots(log)  # the second slice's disk is new: its log went on from GCS
     assert "\r" not in log
     args = [line[5:] for line in second.splitlines() if line.startswith("arg: ")]
-    assert args[:4] == ["train", "--config=configs/1b.py", f"--workdir={cloud.workdir}",
-                        "--multihost"]
-    assert args[5:] == ["--num_processes=2", f"--process_id={worker}",
-                        "--config.train.steps=60", *AWKWARD_ARGS]
+    assert args[:4] == [
+      "train",
+      "--config=configs/1b.py",
+      f"--workdir={cloud.workdir}",
+      "--multihost",
+    ]
+    assert args[5:] == [
+      "--num_processes=2",
+      f"--process_id={worker}",
+      "--config.train.steps=60",
+      *AWKWARD_ARGS,
+    ]
     assert "SIGTERM: saved checkpoint" in first and "stopped (exit status 0)" in first
     assert "[step 60]" in second and "the run is finished" in second
   assert re.search(r"resuming from .*/checkpoints/none\n", first)  # worker 0 writes them
@@ -196,8 +230,10 @@ def test_a_failed_trainer_stops_keepalive_and_the_slice(cloud):
   result = cloud.launch("keepalive.sh", FAKE_TRAINER_EXIT="3")
   assert result.returncode == 1, result.stderr
   assert "training failed" in result.stderr
-  assert re.search(r"worker \d: exit status 3; log: gs://test-bucket/runs/run1/logs/worker-\d.log",
-                   cloud.gcs("FAILED"))
+  assert re.search(
+    r"worker \d: exit status 3; log: gs://test-bucket/runs/run1/logs/worker-\d.log",
+    cloud.gcs("FAILED"),
+  )
   assert "failed with exit status 3" in cloud.gcs("logs/worker-0.log")
   assert len(cloud.calls("compute", "tpus", "queued-resources", "create")) == 1
   assert not (cloud.root / "slices" / "test-pod.json").exists()
@@ -221,9 +257,11 @@ DATASET = "wikimedia_wikipedia/20231101.en/1.0.0"
 
 
 def test_local_data_stages_the_dataset_on_every_worker_and_training_reads_it_there(cloud):
-  prepared = {"dataset_info.json": b'{"name": "wikimedia_wikipedia"}',
-              "wikimedia_wikipedia-train.array_record-00000-of-00001": os.urandom(50_000),
-              "source_index/source_ids.npy": os.urandom(2_000)}
+  prepared = {
+    "dataset_info.json": b'{"name": "wikimedia_wikipedia"}',
+    "wikimedia_wikipedia-train.array_record-00000-of-00001": os.urandom(50_000),
+    "source_index/source_ids.npy": os.urandom(2_000),
+  }
   for name, data in prepared.items():
     path = cloud.api.local(f"gs://test-bucket/tensorflow_datasets/{DATASET}/{name}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,10 +274,21 @@ def test_local_data_stages_the_dataset_on_every_worker_and_training_reads_it_the
   rsyncs = cloud.calls("storage", "rsync")
   assert len(rsyncs) == 2, rsyncs  # one a worker
   for worker in (0, 1):
-    local = cloud.root / "slices" / "test-pod-1" / f"worker-{worker}" / "nullearn" / (
-        "tensorflow_datasets")
-    assert ["storage", "rsync", "--recursive", "gs://test-bucket/tensorflow_datasets",
-            str(local)] in rsyncs
+    local = (
+      cloud.root
+      / "slices"
+      / "test-pod-1"
+      / f"worker-{worker}"
+      / "nullearn"
+      / ("tensorflow_datasets")
+    )
+    assert [
+      "storage",
+      "rsync",
+      "--recursive",
+      "gs://test-bucket/tensorflow_datasets",
+      str(local),
+    ] in rsyncs
     for name, data in prepared.items():
       assert (local / DATASET / name).read_bytes() == data
     log = cloud.gcs(f"logs/worker-{worker}.log")
@@ -250,8 +299,9 @@ def test_local_data_stages_the_dataset_on_every_worker_and_training_reads_it_the
 
 def test_local_data_without_the_dataset_fails_the_run_before_training(cloud):
   cloud.install_image(cloud.upload_source(), FAKE_TRAINER)
-  created = cloud.launch("create.sh", "--config.train.steps=3", LOCAL_DATA="1",
-                         ACCELERATOR_TYPE="v4-8")
+  created = cloud.launch(
+    "create.sh", "--config.train.steps=3", LOCAL_DATA="1", ACCELERATOR_TYPE="v4-8"
+  )
   assert created.returncode == 0, created.stderr
   wait_for(lambda: cloud.has("FAILED"), 60)
   log = cloud.gcs("logs/worker-0.log")
@@ -260,8 +310,12 @@ def test_local_data_without_the_dataset_fails_the_run_before_training(cloud):
 
 
 def git(*args: str) -> str:
-  return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                        capture_output=True, text=True).stdout.strip()
+  return subprocess.run(
+    ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout.strip()
 
 
 def test_workers_clone_repo_url_at_repo_ref(cloud, tmp_path):
@@ -275,8 +329,13 @@ def test_workers_clone_repo_url_at_repo_ref(cloud, tmp_path):
   git("-C", str(repo), "commit", "-q", "-am", "two")
   cloud.install_image(git("-C", str(repo), "rev-parse", "v1"), FAKE_TRAINER)
 
-  created = cloud.launch("create.sh", "--config.train.steps=3", REPO_URL=f"file://{repo}",
-                         REPO_REF="v1", ACCELERATOR_TYPE="v4-8")
+  created = cloud.launch(
+    "create.sh",
+    "--config.train.steps=3",
+    REPO_URL=f"file://{repo}",
+    REPO_REF="v1",
+    ACCELERATOR_TYPE="v4-8",
+  )
   assert created.returncode == 0, created.stderr
   wait_for(lambda: cloud.has("DONE"), 60)
   log = cloud.gcs("logs/worker-0.log")
@@ -295,21 +354,38 @@ def test_follow_reads_a_workers_log_from_gcs(cloud):
   assert result.stdout == log.read_text()
 
 
-TINY = ("--config.train.steps=40", "--config.train.checkpoint_every=4",
-        "--config.train.log_every=4", "--config.train.warmup_steps=2",
-        "--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
-        "--config.model.num_kv_heads=1", "--config.model.head_dim=16",
-        "--config.model.backbone=8", "--config.model.pool=64", "--config.model.active=4",
-        "--config.model.vocab_size=512", "--config.data.seq_len=32",
-        "--config.data.batch_size=8", "--config.data.packing_bins=8",
-        "--config.factworld.num_sources=40", "--config.factworld.sources_per_group=4")
+TINY = (
+  "--config.train.steps=40",
+  "--config.train.checkpoint_every=4",
+  "--config.train.log_every=4",
+  "--config.train.warmup_steps=2",
+  "--config.model.d_model=32",
+  "--config.model.num_layers=1",
+  "--config.model.num_heads=2",
+  "--config.model.num_kv_heads=1",
+  "--config.model.head_dim=16",
+  "--config.model.backbone=8",
+  "--config.model.pool=64",
+  "--config.model.active=4",
+  "--config.model.vocab_size=512",
+  "--config.data.seq_len=32",
+  "--config.data.batch_size=8",
+  "--config.data.packing_bins=8",
+  "--config.factworld.num_sources=40",
+  "--config.factworld.sources_per_group=4",
+)
 
 
 def test_preempted_nullearn_train_resumes_on_a_new_slice(cloud):
   """The real trainer on two processes: preempted mid-run, resumed by keepalive, finished."""
   cloud.install_image(cloud.upload_source())
-  keepalive = cloud.start("keepalive.sh", *TINY, CONFIG="configs/tiny.py", JAX_PLATFORMS="cpu",
-                          XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  keepalive = cloud.start(
+    "keepalive.sh",
+    *TINY,
+    CONFIG="configs/tiny.py",
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  )
   wait_for(lambda: (cloud.workdir / "checkpoints" / "4").exists(), 150, keepalive)
   cloud.api.preempt("test-pod")
   out, _ = keepalive.communicate(timeout=150)
@@ -319,8 +395,9 @@ def test_preempted_nullearn_train_resumes_on_a_new_slice(cloud):
   log = cloud.gcs("logs/worker-0.log")
   first, second = boots(log)
   assert "\r" not in log
-  saved = int(re.search(r"^\S+ SIGTERM: saved checkpoint at step (\d+); exiting$", first,
-                        flags=re.M).group(1))
+  saved = int(
+    re.search(r"^\S+ SIGTERM: saved checkpoint at step (\d+); exiting$", first, flags=re.M).group(1)
+  )
   resumed = re.search(r"^\S+ resuming from checkpoint (\S+)/checkpoints/(\d+)$", second, flags=re.M)
   assert resumed.group(1) == str(cloud.workdir)
   assert int(resumed.group(2)) == saved and 4 <= saved < 40

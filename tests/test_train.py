@@ -64,8 +64,9 @@ def test_resume_is_exact(world, tokenizer, tmp_path):
   assert [r["loss"] for r in straight.history[5:]] == [r["loss"] for r in resumed.history]
 
 
-@pytest.mark.parametrize("change", [dict(mask_seed=1), dict(pool=128), dict(active=8),
-                                    dict(scan_layers=True)])
+@pytest.mark.parametrize(
+  "change", [dict(mask_seed=1), dict(pool=128), dict(active=8), dict(scan_layers=True)]
+)
 def test_mismatched_restore_is_refused(world, tokenizer, tmp_path, change):
   c = small_config()
   c.train.steps = 2

@@ -77,8 +77,14 @@ def test_ga_raises_forget_nll(run, forget_rows, ga_params):
 
 def test_npo_raises_forget_nll_from_2_over_beta_log_2(run, forget_rows):
   history = []
-  params = unlearning.unlearn(run, forget_rows, method="npo", beta=0.1,
-                              on_step=lambda step, loss: history.append((step, loss)), **UNLEARN)
+  params = unlearning.unlearn(
+    run,
+    forget_rows,
+    method="npo",
+    beta=0.1,
+    on_step=lambda step, loss: history.append((step, loss)),
+    **UNLEARN,
+  )
   assert [s for s, _ in history] == list(range(1, UNLEARN["steps"] + 1))
   assert history[0][1] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)
   assert history[-1][1] < history[0][1]
@@ -109,26 +115,28 @@ def test_unlearning_is_deterministic_in_the_seed(run, forget_rows):
 
 
 def test_relearning_snapshots_lower_the_nll(run, forget_rows, ga_params):
-  snapshots = unlearning.finetune_snapshots(run, forget_rows, step_counts=(6, 1, 3), lr=1e-3,
-                                            batch_size=BATCH, params=ga_params)
+  snapshots = unlearning.finetune_snapshots(
+    run, forget_rows, step_counts=(6, 1, 3), lr=1e-3, batch_size=BATCH, params=ga_params
+  )
   assert list(snapshots) == [1, 3, 6]
   curve = [nll(run, forget_rows, p) for p in (ga_params, *snapshots.values())]
   assert all(later < earlier for earlier, later in zip(curve, curve[1:])), curve
 
 
 def test_snapshot_at_zero_steps_only_when_asked(run, forget_rows):
-  snapshots = unlearning.finetune_snapshots(run, forget_rows, step_counts=(0, 2), lr=1e-3,
-                                            batch_size=BATCH)
+  snapshots = unlearning.finetune_snapshots(
+    run, forget_rows, step_counts=(0, 2), lr=1e-3, batch_size=BATCH
+  )
   assert list(snapshots) == [0, 2]
   assert snapshots[0] is run.params
-  assert any(not np.array_equal(a, b)
-             for a, b in zip(leaves(snapshots[0]), leaves(snapshots[2])))
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves(snapshots[0]), leaves(snapshots[2])))
 
 
 def direct_nll(graphdef, params, rows):
   """All rows in one forward pass, one token-weighted mean."""
-  logits = nnx.merge(graphdef, params)(rows["inputs"], rows["segment_ids"], rows["positions"],
-                                       Switch.sources(rows["source_ids"]))
+  logits = nnx.merge(graphdef, params)(
+    rows["inputs"], rows["segment_ids"], rows["positions"], Switch.sources(rows["source_ids"])
+  )
   return losses.mean_nll(logits, rows["targets"], rows["weights"])[0]
 
 
@@ -142,18 +150,30 @@ def test_heldout_nll_is_token_weighted(run, forget_rows):
   # Batches of 2: 2 full rows, then the short one padded with a copy of itself.
   got = unlearning.heldout_nll(run, rows, batch_size=2)
   assert got == pytest.approx(float(direct), rel=1e-5)
-  per_batch = [unlearning.heldout_nll(run, {k: v[s] for k, v in rows.items()}, batch_size=2)
-               for s in (slice(0, 2), slice(2, 3))]
+  per_batch = [
+    unlearning.heldout_nll(run, {k: v[s] for k, v in rows.items()}, batch_size=2)
+    for s in (slice(0, 2), slice(2, 3))
+  ]
   assert abs(np.mean(per_batch) - got) > 1e-3  # the rows tell the two means apart
 
 
 def test_plain_model_needs_no_switch(tokenizer, forget_rows):
-  cfg = ModelConfig(vocab_size=512, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                    head_dim=16, backbone=24, pool=0)
+  cfg = ModelConfig(
+    vocab_size=512,
+    d_model=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    backbone=24,
+    pool=0,
+  )
   graphdef, _, _ = model_lib.abstract(cfg)
   params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(cfg, nnx.Rngs(0)))))()
   plain = inference.Run(cfg, graphdef, params, tokenizer, {})
   default = nll(plain, forget_rows)
-  assert unlearning.heldout_nll(plain, forget_rows, switch_for=lambda ids: None,
-                                batch_size=BATCH) == default
+  assert (
+    unlearning.heldout_nll(plain, forget_rows, switch_for=lambda ids: None, batch_size=BATCH)
+    == default
+  )
   assert default == pytest.approx(math.log(512), abs=0.05)  # near-uniform at init

@@ -61,14 +61,14 @@ def _counting_reads():
   """Patches ArrayRecord's reads to record which record positions are read."""
   reader = array_record_data_source.ArrayRecordDataSource
   one = mock.patch.object(reader, "__getitem__", autospec=True, side_effect=reader.__getitem__)
-  many = mock.patch.object(reader, "__getitems__", autospec=True,
-                           side_effect=reader.__getitems__)
+  many = mock.patch.object(reader, "__getitems__", autospec=True, side_effect=reader.__getitems__)
   return one, many
 
 
 def _read_positions(read_one, read_many) -> list[int]:
-  return ([c.args[1] for c in read_one.call_args_list]
-          + [k for c in read_many.call_args_list for k in c.args[1]])
+  return [c.args[1] for c in read_one.call_args_list] + [
+    k for c in read_many.call_args_list for k in c.args[1]
+  ]
 
 
 def test_grain_shard_reads_only_its_share(source, tokenizer):
@@ -77,8 +77,11 @@ def test_grain_shard_reads_only_its_share(source, tokenizer):
     shard = grain.MapDataset.source(source)[1::4]
     assert len(shard) == len(ARTICLES) // 4
     assert read_one.call_count == read_many.call_count == 0, "slicing reads nothing"
-    batches = list(pipeline.training_dataset(shard, tokenizer, seq_len=32, batch_size=4, seed=0,
-                                             num_epochs=1, packing_bins=8))
+    batches = list(
+      pipeline.training_dataset(
+        shard, tokenizer, seq_len=32, batch_size=4, seed=0, num_epochs=1, packing_bins=8
+      )
+    )
   share = {ARTICLES[i].source_id for i in range(1, len(ARTICLES), 4)}
   assert sorted(_read_positions(read_one, read_many)) == list(range(1, len(ARTICLES), 4))
   trained = {int(s) for b in batches for s in b["source_ids"][b["segment_ids"] > 0]}
@@ -108,14 +111,16 @@ def test_the_index_finds_every_article_by_page_id_and_title(source):
 
 def test_a_title_of_two_articles_must_be_named_by_id(source):
   twins = [d.source_id for d in ARTICLES if d.source == DUPLICATE_TITLE]
-  with pytest.raises(ValueError, match=f"2 articles are titled 'Mercury' \\(source ids "
-                                       f"{twins[0]}, {twins[1]}\\)"):
+  with pytest.raises(
+    ValueError, match=f"2 articles are titled 'Mercury' \\(source ids {twins[0]}, {twins[1]}\\)"
+  ):
     source.index.lookup(DUPLICATE_TITLE)
 
 
 def test_title_lookups_compare_titles_when_hashes_collide(source, tmp_path, monkeypatch):
   def few_hashes(title: str) -> int:
     return sum(title.encode()) % 4  # ~16 titles per hash
+
   monkeypatch.setattr(source_index, "title_hash", few_hashes)
   index = SourceIndex.build(source, tmp_path)
   assert [index.lookup(d.source) for d in UNIQUE] == [d.source_id for d in UNIQUE]
@@ -212,15 +217,20 @@ def test_a_tfds_corpus_stays_lazy_and_names_sources_by_page_id_or_title(data_dir
   corpus = corpus_lib.load(_config(data_dir))
   assert not corpus.in_memory and len(corpus.documents) == len(ARTICLES)
   a, b = UNIQUE[3], UNIQUE[20]
-  assert corpus_lib.resolve_sources(corpus, [a.source_id, str(b.source_id), a.source,
-                                             b.source]) == [a.source_id, b.source_id] * 2
-  for unknown, message in (("3", "source id 3 is not in the corpus"),
-                           ("Nowhere", "no article is titled 'Nowhere'"),
-                           ("id:x", "'x' is not a page id")):
+  assert (
+    corpus_lib.resolve_sources(corpus, [a.source_id, str(b.source_id), a.source, b.source])
+    == [a.source_id, b.source_id] * 2
+  )
+  for unknown, message in (
+    ("3", "source id 3 is not in the corpus"),
+    ("Nowhere", "no article is titled 'Nowhere'"),
+    ("id:x", "'x' is not a page id"),
+  ):
     with pytest.raises(ValueError, match=message):
       corpus_lib.resolve_sources(corpus, [unknown])
-  kept = corpus_lib.training_set(corpus, _config(data_dir, exclude_sources=(a.source_id,
-                                                                           b.source))).documents
+  kept = corpus_lib.training_set(
+    corpus, _config(data_dir, exclude_sources=(a.source_id, b.source))
+  ).documents
   assert isinstance(kept, grain.MapDataset)
   assert list(kept.to_iter_dataset()) == [d for d in ARTICLES if d not in (a, b)]
   c = _config(data_dir)
@@ -235,9 +245,15 @@ def test_numeric_titles_resolve_and_a_number_that_is_both_must_say_which(data_di
   titled_17 = next(d for d in ARTICLES if d.source == "17")
   assert ARTICLES[45].source_id == 17
   assert corpus_lib.resolve_sources(corpus, ["1984", "id:17", "title:17"]) == [
-      year.source_id, 17, titled_17.source_id]
-  with pytest.raises(ValueError, match=f"'17' is both a page id and the title of page "
-                                       f"{titled_17.source_id}: write id:17 or title:17"):
+    year.source_id,
+    17,
+    titled_17.source_id,
+  ]
+  with pytest.raises(
+    ValueError,
+    match=f"'17' is both a page id and the title of page "
+    f"{titled_17.source_id}: write id:17 or title:17",
+  ):
     corpus_lib.resolve_sources(corpus, ["17"])
 
 
@@ -265,7 +281,8 @@ def test_documents_of_and_sample_sources_lazy_and_in_memory(data_dir):
     assert corpus_lib.sample_sources(corpus, 20, seed=0, exclude=exclude) == sample
     assert corpus_lib.sample_sources(corpus, 20, seed=1, exclude=exclude) != sample
     assert corpus_lib.sample_sources(corpus, 1000, seed=0, exclude=wanted) == sorted(
-        all_ids - set(wanted))
+      all_ids - set(wanted)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -289,8 +306,9 @@ def _lazy_corpus_work(data_dir) -> tuple[int, list[int]]:
       corpus = corpus_lib.load(_config(data_dir))
       n = len(corpus.documents)
       picks = [corpus.documents[i] for i in (0, n // 3, n - 1)]
-      forget = corpus_lib.resolve_sources(corpus, [d.source for d in picks]
-                                          + [str(picks[0].source_id)])
+      forget = corpus_lib.resolve_sources(
+        corpus, [d.source for d in picks] + [str(picks[0].source_id)]
+      )
       assert corpus_lib.documents_of(corpus, forget) == picks + picks[:1]
       retained = corpus_lib.sample_sources(corpus, 100, seed=0, exclude=forget)
       assert len(retained) == 100 and not set(retained) & set(forget)
@@ -324,6 +342,7 @@ def test_wikipedia_tiny_trains_on_the_prepared_copy(data_dir, tmp_path):
   """The pod's data path end to end on a CPU: TFDS source -> tokenizer sample -> Grain -> steps."""
   from nullearn import train
   from nullearn.data.tokenizer import train_tokenizer
+
   c = _config(data_dir)
   c.tokenizer.sample_docs = 100
   c.train.update(dict(steps=3, log_every=1, progress=False))

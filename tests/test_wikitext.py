@@ -35,7 +35,9 @@ SMALL = """
 
 def _real(path: pathlib.Path) -> pathlib.Path:
   if not path.exists():
-    pytest.skip(f"{path} is absent: the real-data tests need the shared data folder next to the repo")
+    pytest.skip(
+      f"{path} is absent: the real-data tests need the shared data folder next to the repo"
+    )
   return path
 
 
@@ -43,10 +45,13 @@ def test_small_file_articles(tmp_path):
   path = tmp_path / "small.txt"
   path.write_text(SMALL, encoding="utf-8")
   assert wikitext.read_articles(path) == [
-      ("Alpha", "Alpha is a 1,000-year-old town of 3.5 <unk> .\nIt was founded in 1020 , when\n"
-                "= 1 <unk> and <unk> C =\nheld ."),
-      ("Beta", "Beta text ."),
-      ("Alpha", "Second alpha ."),
+    (
+      "Alpha",
+      "Alpha is a 1,000-year-old town of 3.5 <unk> .\nIt was founded in 1020 , when\n"
+      "= 1 <unk> and <unk> C =\nheld .",
+    ),
+    ("Beta", "Beta text ."),
+    ("Alpha", "Second alpha ."),
   ]
 
 
@@ -55,14 +60,23 @@ def test_documents_number_sources_and_rename_repeats(tmp_path):
   path.write_text(SMALL, encoding="utf-8")
   docs = wikitext.wikitext_documents([path, path], first_id=7)
   assert [d.source_id for d in docs] == list(range(7, 13))
-  assert [d.source for d in docs] == ["Alpha", "Beta", "Alpha (2)", "Alpha (3)", "Beta (2)", "Alpha (4)"]
+  assert [d.source for d in docs] == [
+    "Alpha",
+    "Beta",
+    "Alpha (2)",
+    "Alpha (3)",
+    "Beta (2)",
+    "Alpha (4)",
+  ]
   assert docs[3].text == docs[0].text
 
 
 def test_text_before_first_heading_names_its_line(tmp_path):
   path = tmp_path / "bad.txt"
   path.write_text(" \n stray text . \n \n = Alpha = \n \n body . \n", encoding="utf-8")
-  with pytest.raises(records.CorpusError, match=r"bad.txt:2: text before the first article heading"):
+  with pytest.raises(
+    records.CorpusError, match=r"bad.txt:2: text before the first article heading"
+  ):
     wikitext.read_articles(path)
 
 
@@ -71,8 +85,9 @@ def test_a_single_path_is_a_clear_error(tmp_path):
     wikitext.wikitext_documents(str(tmp_path / "valid.txt"))
 
 
-@pytest.mark.parametrize("split, count, first",
-                         [("valid", 60, "Homarus gammarus"), ("test", 60, "Robert <unk>")])
+@pytest.mark.parametrize(
+  "split, count, first", [("valid", 60, "Homarus gammarus"), ("test", 60, "Robert <unk>")]
+)
 def test_real_article_counts(split, count, first):
   # The data card says 62 test articles: two of them are formula lines inside "Constant k filter".
   articles = wikitext.read_articles(_real(WIKITEXT / f"{split}.txt"))

@@ -19,9 +19,21 @@ from nullearn.data.synthetic_wikipedia import dump_table
 
 NAME = "wikimedia_wikipedia/20231101.en"
 DUPLICATE_TITLE = "Mercury"
-_TITLES = ["Ærøskøbing", "東京都", "Zürich", "Ελλάδα", "🙂 (emoticon)", DUPLICATE_TITLE, "1984",
-           "Ada Lovelace", "C (programming language)", DUPLICATE_TITLE, "Straße", "Ωmega",
-           "17"]  # and ARTICLES[45] has page id 17
+_TITLES = [
+  "Ærøskøbing",
+  "東京都",
+  "Zürich",
+  "Ελλάδα",
+  "🙂 (emoticon)",
+  DUPLICATE_TITLE,
+  "1984",
+  "Ada Lovelace",
+  "C (programming language)",
+  DUPLICATE_TITLE,
+  "Straße",
+  "Ωmega",
+  "17",
+]  # and ARTICLES[45] has page id 17
 
 
 def _article(k: int) -> Document:
@@ -40,8 +52,9 @@ def write_shards(directory: pathlib.Path, shards=SHARDS, **columns) -> list[path
   directory.mkdir(parents=True, exist_ok=True)
   paths = []
   for k, docs in enumerate(shards):
-    table = dump_table([d.source_id for d in docs], [d.source for d in docs],
-                       [d.text for d in docs])
+    table = dump_table(
+      [d.source_id for d in docs], [d.source for d in docs], [d.text for d in docs]
+    )
     for name, values in columns.items():
       table = table.drop_columns([name])
       if values is not None:

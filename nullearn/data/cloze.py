@@ -40,10 +40,12 @@ _TRAILING = ".,;:!?\"')]"
 # Lower-case words inside names; "the" only after "of" ("Battle of the Somme").
 _NAME_LINKS = frozenset("of de la le du del da von van der".split())
 _ABBREVIATIONS = frozenset(
-    "Mr Mrs Ms Dr St No Jr Sr Co Inc Lt Gen Col Capt Sgt Mt Ft Vol Fig vs".split())
+  "Mr Mrs Ms Dr St No Jr Sr Co Inc Lt Gen Col Capt Sgt Mt Ft Vol Fig vs".split()
+)
 # Capitalised mid-sentence after a quote or colon, but never the start of a name.
 _NOT_NAMES = frozenset(
-    "The This That These Those He She It They We You His Her Its Their Our My In On At Of".split())
+  "The This That These Those He She It They We You His Her Its Their Our My In On At Of".split()
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +61,13 @@ _Key = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 def make_probes(
-    docs: Sequence[Document],
-    *,
-    per_source: int = 8,
-    shared_per_source: int = 2,
-    num_distractors: int = 4,
-    seed: int = 0,
-    min_prompt_words: int = 6,
+  docs: Sequence[Document],
+  *,
+  per_source: int = 8,
+  shared_per_source: int = 2,
+  num_distractors: int = 4,
+  seed: int = 0,
+  min_prompt_words: int = 6,
 ) -> list[Probe]:
   """Cloze probes per source, spread over its text, in source and then text order.
 
@@ -82,9 +84,14 @@ def make_probes(
   _check_at_least("min_prompt_words", min_prompt_words, 1)
   words, spans = _corpus_spans(docs)
   pool = _DistractorPool(spans)
-  usable = {sid: [s for s in source_spans if s.prompt_words >= min_prompt_words
-                  and pool.can_serve(sid, s, num_distractors)]
-            for sid, source_spans in spans.items()}
+  usable = {
+    sid: [
+      s
+      for s in source_spans
+      if s.prompt_words >= min_prompt_words and pool.can_serve(sid, s, num_distractors)
+    ]
+    for sid, source_spans in spans.items()
+  }
   stating = _sources_stating(words, [_context_key(s) for ss in usable.values() for s in ss])
   rng = random.Random(seed)
   probes = []
@@ -92,13 +99,20 @@ def make_probes(
     shared = [bool(stating[_run(s)] - {sid}) for s in source_spans]
     order = {s: i for i, s in enumerate(source_spans)}
     chosen = sorted(
-        [(s, "unique") for s in _spread([s for s, sh in zip(source_spans, shared) if not sh],
-                                        per_source, rng)]
-        + [(s, "shared") for s in _spread([s for s, sh in zip(source_spans, shared) if sh],
-                                          shared_per_source, rng)],
-        key=lambda span_kind: order[span_kind[0]])
-    probes += [Probe(sid, s.prompt, s.answer, pool.draw(sid, s, num_distractors, rng), kind)
-               for s, kind in chosen]
+      [
+        (s, "unique")
+        for s in _spread([s for s, sh in zip(source_spans, shared) if not sh], per_source, rng)
+      ]
+      + [
+        (s, "shared")
+        for s in _spread([s for s, sh in zip(source_spans, shared) if sh], shared_per_source, rng)
+      ],
+      key=lambda span_kind: order[span_kind[0]],
+    )
+    probes += [
+      Probe(sid, s.prompt, s.answer, pool.draw(sid, s, num_distractors, rng), kind)
+      for s, kind in chosen
+    ]
   return probes
 
 
@@ -111,23 +125,34 @@ def shared_facts(docs: Sequence[Document], *, min_prompt_words: int = 6) -> dict
   """
   _check_at_least("min_prompt_words", min_prompt_words, 1)
   words, spans = _corpus_spans(docs)
-  keys = [_context_key(s) for source_spans in spans.values() for s in source_spans
-          if s.prompt_words >= min_prompt_words]
+  keys = [
+    _context_key(s)
+    for source_spans in spans.values()
+    for s in source_spans
+    if s.prompt_words >= min_prompt_words
+  ]
   stating = _sources_stating(words, keys)
   return {" ".join(run): sids for run, sids in stating.items() if len(sids) > 1}
 
 
-def _corpus_spans(docs: Sequence[Document]) -> tuple[dict[int, list[list[str]]],
-                                                     dict[int, list[_Span]]]:
+def _corpus_spans(
+  docs: Sequence[Document],
+) -> tuple[dict[int, list[list[str]]], dict[int, list[_Span]]]:
   """Each source's texts as words, and its candidate spans in text order."""
   texts = _source_texts(docs)
   words = {sid: [_words(text) for text in source_texts] for sid, source_texts in texts.items()}
-  common = {w for source_words in words.values() for text_words in source_words for w in text_words
-            if w.islower()}
+  common = {
+    w
+    for source_words in words.values()
+    for text_words in source_words
+    for w in text_words
+    if w.islower()
+  }
   spans = {
-      sid: _dedup(s for text in source_texts for s in _text_spans(text)
-                  if not _is_common_name(s, common))
-      for sid, source_texts in texts.items()
+    sid: _dedup(
+      s for text in source_texts for s in _text_spans(text) if not _is_common_name(s, common)
+    )
+    for sid, source_texts in texts.items()
   }
   return words, spans
 
@@ -192,10 +217,14 @@ def _sentence_spans(line: str, tokens: Sequence[re.Match[str]]) -> Iterator[_Spa
   while i < len(tokens):
     kind = _span_kind(cores[i])
     end = _name_end(tokens, cores, i) if kind == NAME else i
-    if kind and i > 0 and line[tokens[i - 1].end():tokens[i].start()] == " " and (
-        kind != NAME or _is_whole_name(tokens, cores, i, end)):
-      prompt = line[tokens[0].start():tokens[i - 1].end()]
-      answer = line[tokens[i].start():tokens[end].start() + len(cores[end])]
+    if (
+      kind
+      and i > 0
+      and line[tokens[i - 1].end() : tokens[i].start()] == " "
+      and (kind != NAME or _is_whole_name(tokens, cores, i, end))
+    ):
+      prompt = line[tokens[0].start() : tokens[i - 1].end()]
+      answer = line[tokens[i].start() : tokens[end].start() + len(cores[end])]
       yield _Span(kind, prompt, answer, words_before[i])
     i = end + 1
 
@@ -225,15 +254,16 @@ def _name_end(tokens: Sequence[re.Match[str]], cores: Sequence[str], start: int)
   return end
 
 
-def _is_whole_name(tokens: Sequence[re.Match[str]], cores: Sequence[str], start: int,
-                   end: int) -> bool:
+def _is_whole_name(
+  tokens: Sequence[re.Match[str]], cores: Sequence[str], start: int, end: int
+) -> bool:
   """A name with or after `<unk>` is a fragment of a longer one, which no prompt could ask for;
   an abbreviation alone ("Mr", "St") is a fragment too."""
   return (
-      UNK not in tokens[start - 1].group()
-      and not any(UNK in core for core in cores[start:end + 1])
-      and cores[start] not in _NOT_NAMES
-      and not (start == end and cores[start] in _ABBREVIATIONS)
+    UNK not in tokens[start - 1].group()
+    and not any(UNK in core for core in cores[start : end + 1])
+    and cores[start] not in _NOT_NAMES
+    and not (start == end and cores[start] in _ABBREVIATIONS)
   )
 
 
@@ -276,14 +306,21 @@ class _DistractorPool:
       picked += self._sample(source_id, (span.kind, 0), n - len(picked), rng, taken=picked)
     return tuple(picked)
 
-  def _sample(self, source_id: int, group: tuple[str, int], n: int, rng: random.Random,
-              taken: Sequence[str] = ()) -> list[str]:
+  def _sample(
+    self,
+    source_id: int,
+    group: tuple[str, int],
+    n: int,
+    rng: random.Random,
+    taken: Sequence[str] = (),
+  ) -> list[str]:
     """Up to n spans of a group from other sources, none taken: a uniform sample large
     enough to keep n after dropping the source's own spans and the taken ones."""
     answers = self._groups[group]
     size = min(len(answers), n + self._own[source_id, group] + len(taken))
-    fresh = [a for a in rng.sample(answers, size)
-             if source_id not in self._sources[a] and a not in taken]
+    fresh = [
+      a for a in rng.sample(answers, size) if source_id not in self._sources[a] and a not in taken
+    ]
     return fresh[:n]
 
 
@@ -312,8 +349,9 @@ def _run(span: _Span) -> tuple[str, ...]:
   return context + answer
 
 
-def _sources_stating(words: dict[int, list[list[str]]],
-                     keys: Iterable[_Key]) -> dict[tuple[str, ...], set[int]]:
+def _sources_stating(
+  words: dict[int, list[list[str]]], keys: Iterable[_Key]
+) -> dict[tuple[str, ...], set[int]]:
   """For each key, as its run of words, the sources whose words contain that run.
 
   One pass over the corpus per distinct run length, looking each run up in a set."""
@@ -325,7 +363,7 @@ def _sources_stating(words: dict[int, list[list[str]]],
     for text_words in source_words:
       for length, runs in by_length.items():
         for i in range(len(text_words) - length + 1):
-          run = tuple(text_words[i:i + length])
+          run = tuple(text_words[i : i + length])
           if run in runs:
             found[run].add(sid)
   return found

@@ -29,14 +29,16 @@ def num_clusters(spec: str) -> int | None:
     return None
   k = spec.removeprefix(_PREFIX)
   if not spec.startswith(_PREFIX) or not k.isdigit() or int(k) < 2:
-    raise ValueError(f"data.sources: expected '' or 'clusters:K' with an integer K >= 2, "
-                     f"got {spec!r}")
+    raise ValueError(
+      f"data.sources: expected '' or 'clusters:K' with an integer K >= 2, got {spec!r}"
+    )
   return int(k)
 
 
 @dataclasses.dataclass(frozen=True)
 class Clustering:
   """Each document's cluster, and how it was made (the run's data provenance)."""
+
   labels: np.ndarray  # [documents] cluster id, 0..k-1 in order of first appearance
   names: tuple[str, ...]  # per cluster: "cluster 3 (ship, river, tide)"
   k: int
@@ -47,8 +49,12 @@ class Clustering:
     return hashlib.sha256(self.labels.astype("<u4").tobytes()).hexdigest()[:16]
 
   def provenance(self) -> dict:
-    return {"method": f"{_PREFIX}{self.k}", "seed": self.seed, "labels": self.fingerprint,
-            "sizes": np.bincount(self.labels, minlength=self.k).tolist()}
+    return {
+      "method": f"{_PREFIX}{self.k}",
+      "seed": self.seed,
+      "labels": self.fingerprint,
+      "sizes": np.bincount(self.labels, minlength=self.k).tolist(),
+    }
 
   def documents(self, texts: Sequence[str]) -> tuple[Document, ...]:
     return tuple(Document(int(c), self.names[c], t) for c, t in zip(self.labels, texts))
@@ -62,22 +68,26 @@ def cluster(texts: Sequence[str], k: int, seed: int) -> Clustering:
   """
   from sklearn.cluster import MiniBatchKMeans
   from sklearn.feature_extraction.text import TfidfVectorizer
+
   if not 2 <= k <= len(texts):
-    raise ValueError(f"data.sources: clusters:{k} needs between 2 and {len(texts)} clusters "
-                     f"(the corpus has {len(texts)} documents)")
-  vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english",
-                               max_features=_MAX_FEATURES, dtype=np.float32)
+    raise ValueError(
+      f"data.sources: clusters:{k} needs between 2 and {len(texts)} clusters "
+      f"(the corpus has {len(texts)} documents)"
+    )
+  vectorizer = TfidfVectorizer(
+    sublinear_tf=True, stop_words="english", max_features=_MAX_FEATURES, dtype=np.float32
+  )
   try:
     x = vectorizer.fit_transform(texts)
   except ValueError as e:  # only stop words, or no words at all
     raise ValueError(f"data.sources: cannot cluster this text ({e})") from e
-  kmeans = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3,
-                           batch_size=min(1024, len(texts)))
+  kmeans = MiniBatchKMeans(
+    n_clusters=k, random_state=seed, n_init=3, batch_size=min(1024, len(texts))
+  )
   raw = kmeans.fit_predict(x)
   used, first = np.unique(raw, return_index=True)
   if len(used) < k:
-    raise ValueError(f"data.sources: only {len(used)} of {k} clusters got documents; "
-                     "ask for fewer")
+    raise ValueError(f"data.sources: only {len(used)} of {k} clusters got documents; ask for fewer")
   order = used[np.argsort(first)]  # k-means' ids in order of first appearance
   renumber = np.empty(k, np.int64)
   renumber[order] = np.arange(k)

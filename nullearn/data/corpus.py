@@ -61,6 +61,7 @@ class TrainingSet:
   Only `training_set` makes one, so every run (an oracle, a NULL with held-out
   sources) sees exactly what its config says, whoever calls the trainer.
   """
+
   documents: Sequence[Document]
   corpus_fingerprint: str
   excluded: tuple[int, ...]  # data.exclude_sources: the sources an oracle never saw
@@ -68,15 +69,19 @@ class TrainingSet:
   clustering: dict | None = None  # the corpus's clustering into sources, if it has one
 
   def provenance(self) -> dict:
-    out = {"corpus": self.corpus_fingerprint, "excluded": list(self.excluded),
-           "heldout": list(self.heldout)}
+    out = {
+      "corpus": self.corpus_fingerprint,
+      "excluded": list(self.excluded),
+      "heldout": list(self.heldout),
+    }
     if self.clustering is not None:
       out["sources"] = self.clustering
     return out
 
 
-def training_set(corpus: Corpus | Sequence[Document],
-                 config: ml_collections.ConfigDict) -> TrainingSet:
+def training_set(
+  corpus: Corpus | Sequence[Document], config: ml_collections.ConfigDict
+) -> TrainingSet:
   """The corpus minus `data.exclude_sources` and `eval.heldout_sources` (ids or names)."""
   if not isinstance(corpus, Corpus):
     corpus = Corpus(tuple(corpus) if isinstance(corpus, list) else corpus)
@@ -84,8 +89,9 @@ def training_set(corpus: Corpus | Sequence[Document],
   heldout = tuple(sorted(set(resolve_sources(corpus, config.eval.heldout_sources))))
   docs = _without(corpus.documents, set(excluded) | set(heldout))
   if corpus.in_memory and not docs:
-    raise ValueError("no documents left to train on: the corpus is empty or every source "
-                     "is excluded or held out")
+    raise ValueError(
+      "no documents left to train on: the corpus is empty or every source is excluded or held out"
+    )
   return TrainingSet(docs, corpus.fingerprint, excluded, heldout, corpus.clustering)
 
 
@@ -99,29 +105,38 @@ def load(config: ml_collections.ConfigDict) -> Corpus:
     return Corpus(world.documents, world.probes)
   if spec.startswith("tfds:"):
     from nullearn.data import wikipedia
-    return Corpus(wikipedia.WikipediaSource(spec.removeprefix("tfds:"),
-                                            data_dir=config.data.get("tfds_data_dir") or None,
-                                            index=config.data.get("title_index") or None))
+
+    return Corpus(
+      wikipedia.WikipediaSource(
+        spec.removeprefix("tfds:"),
+        data_dir=config.data.get("tfds_data_dir") or None,
+        index=config.data.get("title_index") or None,
+      )
+    )
   path = pathlib.Path(spec)
   if path.suffix == ".jsonl":
     docs = tuple(records.read_documents(path))
     sources = {d.source_id for d in docs}
-    probes = (tuple(records.read_probes(config.data.probes, sources)) if config.data.probes
-              else ())
+    probes = tuple(records.read_probes(config.data.probes, sources)) if config.data.probes else ()
     return Corpus(docs, probes)
-  raise ValueError(f"unknown corpus {spec!r}: use 'factworld', a documents .jsonl file or "
-                   "'tfds:<name>/<config>'")
+  raise ValueError(
+    f"unknown corpus {spec!r}: use 'factworld', a documents .jsonl file or 'tfds:<name>/<config>'"
+  )
 
 
 def _clustered(config: ml_collections.ConfigDict, k: int) -> Corpus:
   """A documents .jsonl whose sources are `k` clusters of its text (any given ids ignored)."""
   path = pathlib.Path(config.data.corpus)
   if path.suffix != ".jsonl":
-    raise ValueError(f"data.sources: clusters:{k} groups a documents .jsonl file; "
-                     f"data.corpus is {config.data.corpus!r}")
+    raise ValueError(
+      f"data.sources: clusters:{k} groups a documents .jsonl file; "
+      f"data.corpus is {config.data.corpus!r}"
+    )
   if config.data.probes:
-    raise ValueError("data.probes: probes name their sources, which clusters:K replaces; "
-                     "leave it empty (eval builds cloze probes from the text)")
+    raise ValueError(
+      "data.probes: probes name their sources, which clusters:K replaces; "
+      "leave it empty (eval builds cloze probes from the text)"
+    )
   texts = records.read_texts(path)
   made = clusters.cluster(texts, k, config.data.cluster_seed)
   return Corpus(made.documents(texts), clustering=made.provenance())
@@ -131,8 +146,10 @@ def check_clustering(corpus: Corpus, meta: dict) -> None:
   """Refuses a corpus whose sources are not the clusters the run was trained on."""
   recorded = meta.get("data", {}).get("sources")
   if recorded != corpus.clustering:
-    raise ValueError(f"data.sources: the corpus's sources ({corpus.clustering}) are not the "
-                     f"ones the run was trained on ({recorded})")
+    raise ValueError(
+      f"data.sources: the corpus's sources ({corpus.clustering}) are not the "
+      f"ones the run was trained on ({recorded})"
+    )
 
 
 def resolve_sources(corpus: Corpus, specs: Iterable[int | str]) -> list[int]:
@@ -178,8 +195,9 @@ def _resolve_lazy(corpus: Corpus, text: str) -> int:
   except UnknownSourceError:
     return _page_id(index, text)
   if int(text) in index:
-    raise ValueError(f"{text!r} is both a page id and the title of page {titled}: write "
-                     f"id:{text} or title:{text}")
+    raise ValueError(
+      f"{text!r} is both a page id and the title of page {titled}: write id:{text} or title:{text}"
+    )
   return titled
 
 
@@ -214,8 +232,9 @@ def sample_sources(corpus: Corpus, n: int, seed: int, exclude: Iterable[int] = (
   return sorted(ids[i] for i in picks)
 
 
-def evaluation_documents(corpus: Corpus, forget: Sequence[int], heldout: Iterable[int], *,
-                         retained: int, seed: int) -> tuple[list[Document], list[Document]]:
+def evaluation_documents(
+  corpus: Corpus, forget: Sequence[int], heldout: Iterable[int], *, retained: int, seed: int
+) -> tuple[list[Document], list[Document]]:
   """(documents an evaluation reads, held-out documents).
 
   In memory: every document but the held-out ones. Lazy (all of Wikipedia): the
@@ -224,8 +243,10 @@ def evaluation_documents(corpus: Corpus, forget: Sequence[int], heldout: Iterabl
   """
   heldout = set(heldout)
   if corpus.in_memory:
-    return ([d for d in corpus.documents if d.source_id not in heldout],
-            [d for d in corpus.documents if d.source_id in heldout])
+    return (
+      [d for d in corpus.documents if d.source_id not in heldout],
+      [d for d in corpus.documents if d.source_id in heldout],
+    )
   sample = sample_sources(corpus, retained, seed, exclude=set(forget) | heldout)
   return documents_of(corpus, [*forget, *sample]), documents_of(corpus, sorted(heldout))
 
@@ -244,4 +265,5 @@ def tokenizer_texts(corpus: Corpus, config: ml_collections.ConfigDict) -> Iterab
   if corpus.in_memory:
     return (d.text for d in corpus.documents)
   from nullearn.data import wikipedia
+
   return wikipedia.sample_texts(corpus.documents, config.tokenizer.sample_docs, config.seed)

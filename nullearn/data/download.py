@@ -23,8 +23,13 @@ class DownloadError(OSError):
   """A file that could not be fetched; the message names its URL."""
 
 
-def fetch_all(urls: Sequence[str], dest: str | os.PathLike[str], *, parallel: int = 4,
-              log: Callable[[str], None] = print) -> list[pathlib.Path]:
+def fetch_all(
+  urls: Sequence[str],
+  dest: str | os.PathLike[str],
+  *,
+  parallel: int = 4,
+  log: Callable[[str], None] = print,
+) -> list[pathlib.Path]:
   """Fetches each URL to `dest`/<its last path part>, skipping files already there."""
   dest = pathlib.Path(dest)
   dest.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ class Question:
   `choices` are lm-eval's choice strings (`doc_to_choice`), whose lengths in characters
   normalise `acc_norm`; `query` is the prompt a router would see.
   """
+
   contexts: tuple[str, ...]
   continuations: tuple[str, ...]
   choices: tuple[str, ...]
@@ -66,8 +67,9 @@ def _text(value: bytes | str) -> str:
 def _shared_context(context: str, choices: Sequence[str], gold: int) -> Question:
   if not 0 <= gold < len(choices):
     raise ValueError(f"gold choice {gold} is not among {len(choices)} choices")
-  return Question((context,) * len(choices), tuple(" " + c for c in choices), tuple(choices),
-                  gold, context)
+  return Question(
+    (context,) * len(choices), tuple(" " + c for c in choices), tuple(choices), gold, context
+  )
 
 
 def _arc(r: dict[str, Any]) -> Question:
@@ -75,13 +77,15 @@ def _arc(r: dict[str, Any]) -> Question:
   if int(r["answerKey"]) not in labels:
     raise ValueError(f"answerKey {int(r['answerKey'])} is not among the choice labels {labels}")
   choices = [_text(t) for t in r["choices"]["text"]]
-  return _shared_context(f"Question: {_text(r['question'])}\nAnswer:", choices,
-                         labels.index(int(r["answerKey"])))
+  return _shared_context(
+    f"Question: {_text(r['question'])}\nAnswer:", choices, labels.index(int(r["answerKey"]))
+  )
 
 
 def _piqa(r: dict[str, Any]) -> Question:
-  return _shared_context(f"Question: {_text(r['goal'])}\nAnswer:",
-                         [_text(r["sol1"]), _text(r["sol2"])], int(r["label"]))
+  return _shared_context(
+    f"Question: {_text(r['goal'])}\nAnswer:", [_text(r["sol1"]), _text(r["sol2"])], int(r["label"])
+  )
 
 
 def _sciq(r: dict[str, Any]) -> Question:
@@ -98,8 +102,9 @@ def _winogrande(r: dict[str, Any]) -> Question:
   contexts = tuple(sentence[:blank] + _text(r[k]) for k in ("option1", "option2"))
   if int(r["label"]) not in (0, 1):
     raise ValueError(f"label {int(r['label'])} is not 0 or 1 (an unlabelled test record?)")
-  return Question(contexts, (" " + sentence[blank + 1:].strip(),) * 2, contexts, int(r["label"]),
-                  sentence)
+  return Question(
+    contexts, (" " + sentence[blank + 1 :].strip(),) * 2, contexts, int(r["label"]), sentence
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +116,15 @@ class Task:
   to_question: Callable[[dict[str, Any]], Question]
 
 
-TASKS = {t.name: t for t in (
+TASKS = {
+  t.name: t
+  for t in (
     Task("arc_easy", "ai2_arc/ARC-Easy", "test", ("acc", "acc_norm"), _arc),
     Task("winogrande", "winogrande", "validation", ("acc",), _winogrande),
     Task("piqa", "piqa", "validation", ("acc", "acc_norm"), _piqa),
     Task("sciq", "sciq", "test", ("acc", "acc_norm"), _sciq),
-)}
+  )
+}
 
 
 def task(name: str) -> Task:
@@ -125,8 +133,9 @@ def task(name: str) -> Task:
   return TASKS[name]
 
 
-def load_questions(name: str, *, data_dir: str | os.PathLike[str] | None = None,
-                   limit: int | None = None) -> list[Question]:
+def load_questions(
+  name: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None
+) -> list[Question]:
   """The task's evaluation split as questions (the first `limit` records if given)."""
   spec = task(name)
   data_dir = os.fspath(data_dir) if data_dir else tfds.core.constants.get_default_data_dir()
@@ -146,14 +155,19 @@ def _open_split(spec: Task, data_dir: str) -> Sequence[dict[str, Any]]:
     return tfds.builder(spec.tfds_name, data_dir=data_dir).as_data_source(split=spec.split)
   except (ValueError, NotImplementedError) as e:  # unknown, unprepared, or not ArrayRecord
     raise FileNotFoundError(
-        f"TFDS dataset {spec.tfds_name!r} is not prepared as ArrayRecord in {data_dir}: prepare "
-        f"it once with `nullearn capability prepare {spec.name}"
-        f"{' PARQUET_DIR' if spec.name == 'sciq' else ''}` (mc_tasks.prepare in Python) with "
-        f"TFDS_DATA_DIR={data_dir}, or point TFDS_DATA_DIR at a prepared copy") from e
+      f"TFDS dataset {spec.tfds_name!r} is not prepared as ArrayRecord in {data_dir}: prepare "
+      f"it once with `nullearn capability prepare {spec.name}"
+      f"{' PARQUET_DIR' if spec.name == 'sciq' else ''}` (mc_tasks.prepare in Python) with "
+      f"TFDS_DATA_DIR={data_dir}, or point TFDS_DATA_DIR at a prepared copy"
+    ) from e
 
 
-def prepare(name: str, *, data_dir: str | os.PathLike[str] | None = None,
-            manual_dir: str | os.PathLike[str] | None = None) -> str:
+def prepare(
+  name: str,
+  *,
+  data_dir: str | os.PathLike[str] | None = None,
+  manual_dir: str | os.PathLike[str] | None = None,
+) -> str:
   """Prepares the task's dataset as ArrayRecord under `data_dir` and returns where.
 
   `manual_dir` holds files fetched by hand: SciQ's parquet files (required), or the
@@ -169,8 +183,9 @@ def prepare(name: str, *, data_dir: str | os.PathLike[str] | None = None,
   except Exception as e:  # pylint: disable=broad-except
     if _needs_tensorflow(e):
       raise RuntimeError(
-          f"preparing {spec.tfds_name} needs TensorFlow (TFDS extracts its archive with it): "
-          "`pip install tensorflow-cpu` where you prepare; reading needs none") from e
+        f"preparing {spec.tfds_name} needs TensorFlow (TFDS extracts its archive with it): "
+        "`pip install tensorflow-cpu` where you prepare; reading needs none"
+      ) from e
     raise
   return os.fspath(builder.data_path)
 
@@ -183,19 +198,27 @@ def _needs_tensorflow(error: BaseException | None) -> bool:
   return False
 
 
-_SCIQ_COLUMNS = ("question", "distractor1", "distractor2", "distractor3", "correct_answer",
-                 "support")
+_SCIQ_COLUMNS = (
+  "question",
+  "distractor1",
+  "distractor2",
+  "distractor3",
+  "correct_answer",
+  "support",
+)
 
 
 def _sciq_parquet(manual_dir: str | os.PathLike[str] | None, split: str) -> list[pathlib.Path]:
   """The split's parquet files under `manual_dir` (the Hub repo's `data/<split>-*.parquet`)."""
   if manual_dir is None:
     raise FileNotFoundError(
-        f"SciQ is prepared from parquet files: {Sciq.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      f"SciQ is prepared from parquet files: {Sciq.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+    )
   files = sorted(pathlib.Path(manual_dir).glob(f"**/{split}-*.parquet"))
   if not files and split == "test":
-    raise FileNotFoundError(f"no {split}-*.parquet under {manual_dir}: "
-                            f"{Sciq.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    raise FileNotFoundError(
+      f"no {split}-*.parquet under {manual_dir}: {Sciq.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+    )
   return files
 
 
@@ -204,14 +227,18 @@ class Sciq(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "put the parquet files of the Hugging Face dataset allenai/sciq "
-      "(data/{train,validation,test}-00000-of-00001.parquet) in one directory, e.g. with "
-      "`hf download allenai/sciq --repo-type=dataset --local-dir=DIR`")
+    "put the parquet files of the Hugging Face dataset allenai/sciq "
+    "(data/{train,validation,test}-00000-of-00001.parquet) in one directory, e.g. with "
+    "`hf download allenai/sciq --repo-type=dataset --local-dir=DIR`"
+  )
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, disable_shuffling=True, homepage="https://allenai.org/data/sciq",
-        features=tfds.features.FeaturesDict({k: tfds.features.Text() for k in _SCIQ_COLUMNS}))
+      builder=self,
+      disable_shuffling=True,
+      homepage="https://allenai.org/data/sciq",
+      features=tfds.features.FeaturesDict({k: tfds.features.Text() for k in _SCIQ_COLUMNS}),
+    )
 
   def _split_generators(self, dl_manager):
     splits = {s: _sciq_parquet(dl_manager.manual_dir, s) for s in ("train", "validation", "test")}

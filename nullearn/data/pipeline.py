@@ -34,6 +34,7 @@ TOKENIZE_BATCH = 64
 @dataclasses.dataclass
 class _Split(grain.experimental.FlatMapTransform):
   """Cuts a document's text into parts of at most `max_chars` (before tokenizing)."""
+
   max_chars: int
   max_fan_out: int = 1 << 20
 
@@ -52,7 +53,8 @@ class _Tokenize(grain.transforms.Map):
     """(text, source id, first, last) parts -> tokens (BOS first, EOS last) and source ids."""
     out = []
     for (_, source_id, first, last), pieces in zip(
-        parts, self.tokenizer.encode_batch([text for text, *_ in parts])):
+      parts, self.tokenizer.encode_batch([text for text, *_ in parts])
+    ):
       tokens = np.asarray([BOS_ID] * first + pieces + [EOS_ID] * last, np.int32)
       out.append({"tokens": tokens, "source_ids": np.full(tokens.shape, source_id, np.uint32)})
     return out
@@ -61,34 +63,46 @@ class _Tokenize(grain.transforms.Map):
 @dataclasses.dataclass
 class _Chunk(grain.experimental.FlatMapTransform):
   """Cuts tokenized parts into rows; each piece keeps its source id."""
+
   length: int
   max_fan_out: int = 1 << 20
 
   def flat_map(self, examples):
-    return [{k: v[i:i + self.length] for k, v in example.items()}
-            for example in examples
-            for i in range(0, len(example["tokens"]), self.length)
-            if len(example["tokens"]) - i > 1]
+    return [
+      {k: v[i : i + self.length] for k, v in example.items()}
+      for example in examples
+      for i in range(0, len(example["tokens"]), self.length)
+      if len(example["tokens"]) - i > 1
+    ]
 
 
 def _to_model_inputs(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Shifts packed rows (..., T+1) into T inputs and next-token targets."""
   tokens, seg = row["tokens"], row["tokens_segment_ids"]
   return {
-      "inputs": tokens[..., :-1],
-      "targets": tokens[..., 1:],
-      "weights": ((seg[..., 1:] == seg[..., :-1]) & (seg[..., 1:] > 0)).astype(np.float32),
-      "segment_ids": seg[..., :-1],
-      "positions": row["tokens_positions"][..., :-1],
-      "source_ids": row["source_ids"][..., :-1],
+    "inputs": tokens[..., :-1],
+    "targets": tokens[..., 1:],
+    "weights": ((seg[..., 1:] == seg[..., :-1]) & (seg[..., 1:] > 0)).astype(np.float32),
+    "segment_ids": seg[..., :-1],
+    "positions": row["tokens_positions"][..., :-1],
+    "source_ids": row["source_ids"][..., :-1],
   }
 
 
-def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tokenizer, *,
-                     seq_len: int, batch_size: int, seed: int,
-                     num_epochs: int | None = None, packing_bins: int = 64,
-                     shard_index: int = 0, shard_count: int = 1, worker_count: int = 0,
-                     max_segments: int | None = None) -> grain.IterDataset:
+def training_dataset(
+  docs: Sequence[Document] | grain.MapDataset,
+  tokenizer: Tokenizer,
+  *,
+  seq_len: int,
+  batch_size: int,
+  seed: int,
+  num_epochs: int | None = None,
+  packing_bins: int = 64,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  worker_count: int = 0,
+  max_segments: int | None = None,
+) -> grain.IterDataset:
   """Shuffled (differently every epoch), packed and batched; deterministic in `seed`.
 
   `shard_index/shard_count` give each JAX process a disjoint share of documents;
@@ -98,14 +112,19 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
   if len(ds) == 0:
     raise ValueError("the corpus has no documents")
   ds = ds[shard_index::shard_count].shuffle(seed=seed).repeat(num_epochs)
-  it = grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(),
-                                             _Split(max_chars=PART_ROWS * (seq_len + 1)))
+  it = grain.experimental.FlatMapIterDataset(
+    ds.to_iter_dataset(), _Split(max_chars=PART_ROWS * (seq_len + 1))
+  )
   it = it.batch(TOKENIZE_BATCH, batch_fn=list).map(_Tokenize(tokenizer))
   it = grain.experimental.FlatMapIterDataset(it, _Chunk(seq_len + 1))
   it = grain.experimental.FirstFitPackIterDataset(
-      it, length_struct={"tokens": seq_len + 1, "source_ids": seq_len + 1},
-      num_packing_bins=packing_bins, seed=seed, meta_features=("source_ids",),
-      max_sequences_per_bin=max_segments)
+    it,
+    length_struct={"tokens": seq_len + 1, "source_ids": seq_len + 1},
+    num_packing_bins=packing_bins,
+    seed=seed,
+    meta_features=("source_ids",),
+    max_sequences_per_bin=max_segments,
+  )
   it = it.batch(batch_size, drop_remainder=True).map(_to_model_inputs)  # one call per batch
   if worker_count:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
@@ -115,15 +134,21 @@ def training_dataset(docs: Sequence[Document] | grain.MapDataset, tokenizer: Tok
 def process_batch_size(config: ml_collections.ConfigDict, shard_count: int) -> int:
   """`data.batch_size` is global; each process loads its share of every batch."""
   if config.data.batch_size % shard_count:
-    raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the "
-                     f"{shard_count} processes")
+    raise ValueError(
+      f"data.batch_size={config.data.batch_size} is not divisible by the {shard_count} processes"
+    )
   return config.data.batch_size // shard_count
 
 
-def make_dataset(config: ml_collections.ConfigDict, data: TrainingSet | Corpus | Sequence[Document],
-                 tokenizer: Tokenizer, *, num_epochs: int | None = None,
-                 shard_index: int | None = None, shard_count: int | None = None
-                 ) -> grain.IterDataset:
+def make_dataset(
+  config: ml_collections.ConfigDict,
+  data: TrainingSet | Corpus | Sequence[Document],
+  tokenizer: Tokenizer,
+  *,
+  num_epochs: int | None = None,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+) -> grain.IterDataset:
   """The run's input pipeline; by default this process's share.
 
   A corpus is first cut to its training set (`corpus.training_set`): the
@@ -134,18 +159,23 @@ def make_dataset(config: ml_collections.ConfigDict, data: TrainingSet | Corpus |
   gather = config.model.pool and config.model.sink_impl == "gather"
   shard_count = jax.process_count() if shard_count is None else shard_count
   return training_dataset(
-      data.documents, tokenizer, seq_len=config.data.seq_len,
-      batch_size=process_batch_size(config, shard_count),
-      seed=config.data.shuffle_seed, num_epochs=num_epochs,
-      packing_bins=config.data.packing_bins,
-      shard_index=jax.process_index() if shard_index is None else shard_index,
-      shard_count=shard_count,
-      worker_count=config.data.worker_count,
-      max_segments=config.model.max_segments if gather else None)
+    data.documents,
+    tokenizer,
+    seq_len=config.data.seq_len,
+    batch_size=process_batch_size(config, shard_count),
+    seed=config.data.shuffle_seed,
+    num_epochs=num_epochs,
+    packing_bins=config.data.packing_bins,
+    shard_index=jax.process_index() if shard_index is None else shard_index,
+    shard_count=shard_count,
+    worker_count=config.data.worker_count,
+    max_segments=config.model.max_segments if gather else None,
+  )
 
 
-def document_rows(tokenizer: Tokenizer, docs: Sequence[Document],
-                  seq_len: int) -> dict[str, np.ndarray]:
+def document_rows(
+  tokenizer: Tokenizer, docs: Sequence[Document], seq_len: int
+) -> dict[str, np.ndarray]:
   """Every document cut into rows of at most `seq_len` targets, one piece per row, unpacked.
 
   The unit of held-out loss, unlearning and relearning fine-tunes: each row is
@@ -157,15 +187,18 @@ def document_rows(tokenizer: Tokenizer, docs: Sequence[Document],
     for j, part in enumerate(parts):
       tokens = tokenizer.encode_part(part, first=j == 0, last=j == len(parts) - 1)
       for i in range(0, len(tokens) - 1, seq_len):
-        pieces.append((tokens[i:i + seq_len + 1], doc.source_id))
+        pieces.append((tokens[i : i + seq_len + 1], doc.source_id))
   if not pieces:
     raise ValueError("no text to cut into rows")
   n = len(pieces)
-  rows = {"inputs": np.zeros((n, seq_len), np.int32), "targets": np.zeros((n, seq_len), np.int32),
-          "weights": np.zeros((n, seq_len), np.float32),
-          "segment_ids": np.zeros((n, seq_len), np.int32),
-          "positions": np.tile(np.arange(seq_len, dtype=np.int32), (n, 1)),
-          "source_ids": np.zeros((n, seq_len), np.uint32)}
+  rows = {
+    "inputs": np.zeros((n, seq_len), np.int32),
+    "targets": np.zeros((n, seq_len), np.int32),
+    "weights": np.zeros((n, seq_len), np.float32),
+    "segment_ids": np.zeros((n, seq_len), np.int32),
+    "positions": np.tile(np.arange(seq_len, dtype=np.int32), (n, 1)),
+    "source_ids": np.zeros((n, seq_len), np.uint32),
+  }
   for r, (piece, sid) in enumerate(pieces):
     m = len(piece) - 1
     rows["inputs"][r, :m] = piece[:-1]

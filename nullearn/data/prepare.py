@@ -39,14 +39,20 @@ VERSION = "1.0.0"
 NUM_SHARDS = 41  # of the 20231101.en dump
 PARQUET_URL = f"https://huggingface.co/datasets/wikimedia/wikipedia/resolve/main/{CONFIG}"
 COLUMNS = ("id", "title", "text")
-FEATURES = tfds.features.FeaturesDict({
-    "id": tfds.features.Scalar(np.int64), "title": tfds.features.Text(),
-    "text": tfds.features.Text()})
+FEATURES = tfds.features.FeaturesDict(
+  {
+    "id": tfds.features.Scalar(np.int64),
+    "title": tfds.features.Text(),
+    "text": tfds.features.Text(),
+  }
+)
 _WRITER_OPTIONS = "group_size:1,zstd:3"  # a chunk per record, so a random read reads one
 _BATCH = 1024  # parquet rows per read
-_DESCRIPTION = (f"English Wikipedia, dump {CONFIG}, from the parquet files of the Hugging Face "
-                "dataset wikimedia/wikipedia (CC BY-SA 4.0 and GFDL text). One record per "
-                "article: id (the page id), title, text; in the files' order.")
+_DESCRIPTION = (
+  f"English Wikipedia, dump {CONFIG}, from the parquet files of the Hugging Face "
+  "dataset wikimedia/wikipedia (CC BY-SA 4.0 and GFDL text). One record per "
+  "article: id (the page id), title, text; in the files' order."
+)
 
 
 class PrepareError(ValueError):
@@ -70,9 +76,14 @@ class _Shard:
   title_hashes_N: np.ndarray
 
 
-def prepare_wikipedia(out: str, *, parquet: str | None = None, parquet_url: str = PARQUET_URL,
-                      workers: int | None = None,
-                      log: Callable[[str], None] = print) -> Prepared:
+def prepare_wikipedia(
+  out: str,
+  *,
+  parquet: str | None = None,
+  parquet_url: str = PARQUET_URL,
+  workers: int | None = None,
+  log: Callable[[str], None] = print,
+) -> Prepared:
   """Prepares the dump in the TFDS data directory `out`, from `parquet` (a directory of
   .parquet files or a glob) or else from the shards downloaded into `out`/downloads."""
   workers = workers or os.cpu_count() or 1
@@ -80,11 +91,14 @@ def prepare_wikipedia(out: str, *, parquet: str | None = None, parquet_url: str 
   if parquet:
     files = find_parquet(parquet)
   else:
-    urls = [f"{parquet_url.rstrip('/')}/train-{i:05d}-of-{NUM_SHARDS:05d}.parquet"
-            for i in range(NUM_SHARDS)]
+    urls = [
+      f"{parquet_url.rstrip('/')}/train-{i:05d}-of-{NUM_SHARDS:05d}.parquet"
+      for i in range(NUM_SHARDS)
+    ]
     try:
-      files = download.fetch_all(urls, _local(out) / "downloads" / NAME / CONFIG,
-                                 parallel=min(workers, 8), log=log)
+      files = download.fetch_all(
+        urls, _local(out) / "downloads" / NAME / CONFIG, parallel=min(workers, 8), log=log
+      )
     except download.DownloadError as e:
       raise PrepareError(str(e)) from e
   return prepare(out, files, workers=workers, log=log)
@@ -100,8 +114,9 @@ def find_parquet(spec: str) -> list[pathlib.Path]:
   return files
 
 
-def prepare(out: str, files: Sequence[pathlib.Path], *, workers: int = 1,
-            log: Callable[[str], None] = print) -> Prepared:
+def prepare(
+  out: str, files: Sequence[pathlib.Path], *, workers: int = 1, log: Callable[[str], None] = print
+) -> Prepared:
   """Converts parquet `files` into the dataset NAME/CONFIG in the data directory `out`."""
   start = time.perf_counter()
   files = sorted((pathlib.Path(f) for f in files), key=lambda f: f.name)
@@ -117,12 +132,20 @@ def prepare(out: str, files: Sequence[pathlib.Path], *, workers: int = 1,
   try:
     shards = _convert_all(files, tmp, workers, log)
     _write_index(tmp, files, shards)
-    split = tfds.core.SplitInfo(name="train", shard_lengths=[s.rows for s in shards],
-                                num_bytes=sum(s.num_bytes for s in shards))
+    split = tfds.core.SplitInfo(
+      name="train",
+      shard_lengths=[s.rows for s in shards],
+      num_bytes=sum(s.num_bytes for s in shards),
+    )
     tfds.folder_dataset.write_metadata(
-        data_dir=tmp, features=FEATURES, split_infos=[split], version=VERSION,
-        check_data=False,  # reading it back would need TensorFlow
-        description=_DESCRIPTION, homepage="https://huggingface.co/datasets/wikimedia/wikipedia")
+      data_dir=tmp,
+      features=FEATURES,
+      split_infos=[split],
+      version=VERSION,
+      check_data=False,  # reading it back would need TensorFlow
+      description=_DESCRIPTION,
+      homepage="https://huggingface.co/datasets/wikimedia/wikipedia",
+    )
     articles = sum(s.rows for s in shards)
     manifest = {"inputs": inputs, "articles": articles}
     (tmp / wikipedia.MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -135,8 +158,10 @@ def prepare(out: str, files: Sequence[pathlib.Path], *, workers: int = 1,
 
 def _local(out: str) -> pathlib.Path:
   if "://" in out:
-    raise PrepareError(f"--out={out}: prepare into a local directory (ArrayRecord writes "
-                       "local files), then copy it: gcloud storage rsync -r DIR gs://...")
+    raise PrepareError(
+      f"--out={out}: prepare into a local directory (ArrayRecord writes "
+      "local files), then copy it: gcloud storage rsync -r DIR gs://..."
+    )
   return pathlib.Path(out).expanduser()
 
 
@@ -145,21 +170,27 @@ def _reuse(target: pathlib.Path, inputs: list[dict]) -> Prepared:
   try:
     manifest = json.loads((target / wikipedia.MANIFEST).read_text())
   except (OSError, ValueError):
-    raise PrepareError(f"{target} already holds a dataset not prepared by `nullearn prepare`: "
-                       "remove it or choose another --out") from None
+    raise PrepareError(
+      f"{target} already holds a dataset not prepared by `nullearn prepare`: "
+      "remove it or choose another --out"
+    ) from None
   if manifest["inputs"] != inputs:
-    raise PrepareError(f"{target} already holds a dataset prepared from other files "
-                       f"({len(manifest['inputs'])} files, {manifest['articles']} articles): "
-                       "remove it or choose another --out")
+    raise PrepareError(
+      f"{target} already holds a dataset prepared from other files "
+      f"({len(manifest['inputs'])} files, {manifest['articles']} articles): "
+      "remove it or choose another --out"
+    )
   num_bytes = sum(f.stat().st_size for f in target.glob(f"{NAME}-train.array_record-*"))
   return Prepared(target, manifest["articles"], num_bytes, 0.0, reused=True)
 
 
-def _convert_all(files: Sequence[pathlib.Path], tmp: pathlib.Path, workers: int,
-                 log: Callable[[str], None]) -> list[_Shard]:
+def _convert_all(
+  files: Sequence[pathlib.Path], tmp: pathlib.Path, workers: int, log: Callable[[str], None]
+) -> list[_Shard]:
   """Each file to its own shard, `workers` processes at a time; results in file order."""
-  jobs = [(f, tmp / f"{NAME}-train.array_record-{i:05d}-of-{len(files):05d}")
-          for i, f in enumerate(files)]
+  jobs = [
+    (f, tmp / f"{NAME}-train.array_record-{i:05d}-of-{len(files):05d}") for i, f in enumerate(files)
+  ]
   if workers == 1:
     return [_logged(log, i, len(jobs), _convert(*job)) for i, job in enumerate(jobs, start=1)]
   # Spawned, not forked: the parent's Arrow and ArrayRecord thread pools must not be copied.
@@ -189,8 +220,10 @@ def _convert(src: pathlib.Path, dst: pathlib.Path) -> _Shard:
     raise PrepareError(f"{src}: not a readable parquet file ({_first_line(e)})") from None
   missing = [c for c in COLUMNS if c not in table.schema_arrow.names]
   if missing:
-    raise PrepareError(f"{src}: missing column(s) {', '.join(missing)} "
-                       f"(it has {', '.join(table.schema_arrow.names)})")
+    raise PrepareError(
+      f"{src}: missing column(s) {', '.join(missing)} "
+      f"(it has {', '.join(table.schema_arrow.names)})"
+    )
   serializer = example_serializer.ExampleSerializer(FEATURES.get_serialized_info())
   writer = array_record_module.ArrayRecordWriter(os.fspath(dst), _WRITER_OPTIONS)
   ids, hashes = [], []
@@ -198,16 +231,20 @@ def _convert(src: pathlib.Path, dst: pathlib.Path) -> _Shard:
     for batch in table.iter_batches(batch_size=_BATCH, columns=list(COLUMNS)):
       for row in zip(*(batch.column(c).to_pylist() for c in COLUMNS)):
         doc = _document(row, f"{src}: row {len(ids)}")
-        writer.write(serializer.serialize_example(FEATURES.encode_example(
-            {"id": doc.source_id, "title": doc.source, "text": doc.text})))
+        writer.write(
+          serializer.serialize_example(
+            FEATURES.encode_example({"id": doc.source_id, "title": doc.source, "text": doc.text})
+          )
+        )
         ids.append(doc.source_id)
         hashes.append(source_index.title_hash(doc.source))
   except (OSError, pa.ArrowException) as e:
     raise PrepareError(f"{src}: unreadable after row {len(ids)} ({_first_line(e)})") from None
   finally:
     writer.close()
-  return _Shard(len(ids), dst.stat().st_size, np.asarray(ids, np.int64),
-                np.asarray(hashes, np.uint64))
+  return _Shard(
+    len(ids), dst.stat().st_size, np.asarray(ids, np.int64), np.asarray(hashes, np.uint64)
+  )
 
 
 def _document(row: tuple[object, object, object], where: str) -> Document:
@@ -226,8 +263,11 @@ def _document(row: tuple[object, object, object], where: str) -> Document:
 
 def _write_index(tmp: pathlib.Path, files: Sequence[pathlib.Path], shards: Sequence[_Shard]):
   try:
-    source_index.write(tmp / wikipedia.INDEX_DIR, np.concatenate([s.ids_N for s in shards]),
-                       np.concatenate([s.title_hashes_N for s in shards]))
+    source_index.write(
+      tmp / wikipedia.INDEX_DIR,
+      np.concatenate([s.ids_N for s in shards]),
+      np.concatenate([s.title_hashes_N for s in shards]),
+    )
   except source_index.DuplicateSourceError as e:
     starts = np.cumsum([0] + [s.rows for s in shards])
     where = []

@@ -118,12 +118,14 @@ def read_documents(path: PathLike) -> list[Document]:
       raise ValueError(f"duplicate of line {seen} (same source_id and text)")
     name, line = name_of.setdefault(doc.source_id, (doc.source, lineno))
     if name != doc.source:
-      raise ValueError(f"source_id {doc.source_id} is named {name!r} on line {line}, "
-                       f"{doc.source!r} here")
+      raise ValueError(
+        f"source_id {doc.source_id} is named {name!r} on line {line}, {doc.source!r} here"
+      )
     sid, line = id_of.setdefault(doc.source, (doc.source_id, lineno))
     if sid != doc.source_id:
-      raise ValueError(f"source {doc.source!r} has source_id {sid} on line {line}, "
-                       f"{doc.source_id} here")
+      raise ValueError(
+        f"source {doc.source!r} has source_id {sid} on line {line}, {doc.source_id} here"
+      )
 
   docs = _read(path, Document, check)
   if not docs:
@@ -167,8 +169,9 @@ def write_probes(path: PathLike, probes: Iterable[Probe]) -> None:
   _write(path, probes)
 
 
-def _read(path: PathLike, cls: type[_Record],
-          check: Callable[[_Record, int], None]) -> list[_Record]:
+def _read(
+  path: PathLike, cls: type[_Record], check: Callable[[_Record, int], None]
+) -> list[_Record]:
   # Binary lines, decoded one by one, so that even an encoding error names its line.
   records = []
   with open(path, "rb") as f:

@@ -74,12 +74,16 @@ class SourceIndex:
     try:
       arrays = [np.load(local / name, mmap_mode="r") for name in FILES]
     except FileNotFoundError as e:
-      raise FileNotFoundError(f"no source index at {path}: prepare the dataset with "
-                              "`nullearn prepare`, or build one with `nullearn titles`") from e
+      raise FileNotFoundError(
+        f"no source index at {path}: prepare the dataset with "
+        "`nullearn prepare`, or build one with `nullearn titles`"
+      ) from e
     self._ids_N, self._id_positions_N, self._hashes_N, self._hash_positions_N = arrays
     if not all(len(a) == len(source) for a in arrays):
-      raise ValueError(f"the source index at {path} covers {len(self._ids_N)} records but the "
-                       f"source has {len(source)}: rebuild it for this source")
+      raise ValueError(
+        f"the source index at {path} covers {len(self._ids_N)} records but the "
+        f"source has {len(source)}: rebuild it for this source"
+      )
     self._source = source
 
   @classmethod
@@ -130,8 +134,10 @@ class SourceIndex:
     if not ids:
       raise UnknownSourceError(f"no article is titled {title!r} (among {len(self)} indexed)")
     if len(ids) > 1:
-      raise ValueError(f"{len(ids)} articles are titled {title!r} (source ids "
-                       f"{', '.join(map(str, ids))}): name one by its id")
+      raise ValueError(
+        f"{len(ids)} articles are titled {title!r} (source ids "
+        f"{', '.join(map(str, ids))}): name one by its id"
+      )
     return ids[0]
 
   def sample(self, n: int, seed: int, exclude: Iterable[int] = ()) -> list[int]:
@@ -150,11 +156,12 @@ def stream(source: Sequence[Document], positions: Sequence[int]) -> Iterator[Doc
   """Reads in batches, through Grain's batched-read hook where the source has one."""
   read = getattr(source, "_getitems", None) or (lambda batch: [source[i] for i in batch])
   for start in range(0, len(positions), _READ_BATCH):
-    yield from read(positions[start:start + _READ_BATCH])
+    yield from read(positions[start : start + _READ_BATCH])
 
 
-def local_copy(path: epath.Path, names: Sequence[str] = FILES,
-               kind: str = "source_index") -> pathlib.Path:
+def local_copy(
+  path: epath.Path, names: Sequence[str] = FILES, kind: str = "source_index"
+) -> pathlib.Path:
   """The directory `path` itself if local; else a copy of its files `names` in the local cache
   (maps need local files), keyed by the path and its first file's time of writing, so a
   rewritten directory gets a fresh copy."""

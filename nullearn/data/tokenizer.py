@@ -96,8 +96,14 @@ def _sentences(texts: Iterable[str]) -> Iterator[str]:
         line = line[_MAX_SENTENCE_CHARS:]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = "bpe",
-                    byte_fallback: bool = True, max_sentences: int = 2_000_000) -> Tokenizer:
+def train_tokenizer(
+  texts: Iterable[str],
+  vocab_size: int,
+  *,
+  model_type: str = "bpe",
+  byte_fallback: bool = True,
+  max_sentences: int = 2_000_000,
+) -> Tokenizer:
   """Trains on `texts` (single-threaded, so the same corpus gives the same model).
 
   Digits are single pieces, so a number tokenizes the same before "." as at the
@@ -109,17 +115,33 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 
     raise ValueError("no text to train a tokenizer on: the corpus is empty")
   out = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=itertools.chain([first], sentences), model_writer=out,
-      vocab_size=vocab_size,
-      model_type=model_type, byte_fallback=byte_fallback, character_coverage=1.0,
-      pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-      input_sentence_size=max_sentences, shuffle_input_sentence=False,
-      split_digits=True, num_threads=1, hard_vocab_limit=False, minloglevel=2)
+    sentence_iterator=itertools.chain([first], sentences),
+    model_writer=out,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    byte_fallback=byte_fallback,
+    character_coverage=1.0,
+    pad_id=PAD_ID,
+    unk_id=UNK_ID,
+    bos_id=BOS_ID,
+    eos_id=EOS_ID,
+    input_sentence_size=max_sentences,
+    shuffle_input_sentence=False,
+    split_digits=True,
+    num_threads=1,
+    hard_vocab_limit=False,
+    minloglevel=2,
+  )
   return Tokenizer(out.getvalue())
 
 
-def for_run(workdir: str | epath.PathLike, texts: Iterable[str], tokenizer_cfg,
-            vocab_size: int, given: str | epath.PathLike | None = None) -> Tokenizer:
+def for_run(
+  workdir: str | epath.PathLike,
+  texts: Iterable[str],
+  tokenizer_cfg,
+  vocab_size: int,
+  given: str | epath.PathLike | None = None,
+) -> Tokenizer:
   """The run's tokenizer, `<workdir>/tokenizer.model`, which is never overwritten.
 
   A workdir that has one keeps it (a resumed run); `given` must then be the
@@ -130,11 +152,17 @@ def for_run(workdir: str | epath.PathLike, texts: Iterable[str], tokenizer_cfg,
   if path.exists():
     tok = Tokenizer.load(path)
     if given_tok is not None and given_tok.fingerprint != tok.fingerprint:
-      raise ValueError(f"--tokenizer: {given} is not the tokenizer of the run in {workdir} "
-                       f"({path}); use that one, or a new workdir")
+      raise ValueError(
+        f"--tokenizer: {given} is not the tokenizer of the run in {workdir} "
+        f"({path}); use that one, or a new workdir"
+      )
     return tok
   tok = given_tok or train_tokenizer(
-      texts, vocab_size, model_type=tokenizer_cfg.model_type,
-      byte_fallback=tokenizer_cfg.byte_fallback, max_sentences=tokenizer_cfg.max_sentences)
+    texts,
+    vocab_size,
+    model_type=tokenizer_cfg.model_type,
+    byte_fallback=tokenizer_cfg.byte_fallback,
+    max_sentences=tokenizer_cfg.max_sentences,
+  )
   tok.save(path)
   return tok

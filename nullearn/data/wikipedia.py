@@ -34,9 +34,14 @@ class WikipediaSource:
   same in every preparation and every later dump, so an article keeps its sinks.
   """
 
-  def __init__(self, name: str = DEFAULT_NAME, *, split: str = "train",
-               data_dir: str | os.PathLike[str] | None = None,
-               index: str | os.PathLike[str] | None = None):
+  def __init__(
+    self,
+    name: str = DEFAULT_NAME,
+    *,
+    split: str = "train",
+    data_dir: str | os.PathLike[str] | None = None,
+    index: str | os.PathLike[str] | None = None,
+  ):
     """`index`: a copy of the source index to use instead of the dataset's own."""
     self.name = name
     self.split = split
@@ -70,8 +75,10 @@ class WikipediaSource:
     docs = list(stream(self, self.index.positions(source_ids)))
     for wanted, doc in zip(source_ids, docs):
       if doc.source_id != wanted:  # an index built for another preparation
-        raise ValueError(f"the source index at {self.index_path} does not match the dataset: "
-                         f"page id {wanted} points at page {doc.source_id}; rebuild the index")
+        raise ValueError(
+          f"the source index at {self.index_path} does not match the dataset: "
+          f"page id {wanted} points at page {doc.source_id}; rebuild the index"
+        )
     return docs
 
   @property
@@ -79,8 +86,9 @@ class WikipediaSource:
     """Names the text: dataset, version, records and a hash of the files it was prepared
     from, so a run resumed, or an oracle compared, on other data is caught."""
     manifest = epath.Path(self._version_dir) / MANIFEST
-    made_from = (hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists()
-                 else "unknown")
+    made_from = (
+      hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else "unknown"
+    )
     return f"{self.name}:{epath.Path(self._version_dir).name}:{len(self)}:{made_from}"
 
   def __getstate__(self):  # Grain workers reopen the index's maps rather than copy them.
@@ -111,19 +119,23 @@ def _not_prepared(name: str, data_dir: str) -> FileNotFoundError:
   if name != DEFAULT_NAME:
     how = "Prepare it first"
   elif "://" in data_dir:
-    how = (f"Prepare it once with `nullearn prepare wikipedia --out=DIR`, copy "
-           f"DIR/{name.split('/')[0]} to {data_dir}/ (launch/README.md)")
+    how = (
+      f"Prepare it once with `nullearn prepare wikipedia --out=DIR`, copy "
+      f"DIR/{name.split('/')[0]} to {data_dir}/ (launch/README.md)"
+    )
   else:
     how = f"Prepare it once with `nullearn prepare wikipedia --out={data_dir}`"
   return FileNotFoundError(
-      f"dataset {name!r} is not prepared in {data_dir} (looked for "
-      f"{data_dir}/{name}/<version>/dataset_info.json). {how}, or point data_dir "
-      "(or TFDS_DATA_DIR) at a prepared copy, e.g. a gs:// bucket.")
+    f"dataset {name!r} is not prepared in {data_dir} (looked for "
+    f"{data_dir}/{name}/<version>/dataset_info.json). {how}, or point data_dir "
+    "(or TFDS_DATA_DIR) at a prepared copy, e.g. a gs:// bucket."
+  )
 
 
 def _document(record: dict[str, int | bytes]) -> Document:
-  return Document(int(record["id"]), record["title"].decode("utf-8"),
-                  record["text"].decode("utf-8"))
+  return Document(
+    int(record["id"]), record["title"].decode("utf-8"), record["text"].decode("utf-8")
+  )
 
 
 def sample_texts(source: DocumentSource, n: int, seed: int) -> list[str]:

@@ -73,8 +73,10 @@ def wikitext_documents(paths: Sequence[PathLike], first_id: int = 0) -> list[Doc
     raise TypeError(f"paths must be a sequence of paths, got the single path {paths!r}")
   articles = [article for path in paths for article in read_articles(path)]
   titles = _unique_titles([title for title, _ in articles])
-  return [Document(first_id + i, title, text)
-          for i, (title, (_, text)) in enumerate(zip(titles, articles))]
+  return [
+    Document(first_id + i, title, text)
+    for i, (title, (_, text)) in enumerate(zip(titles, articles))
+  ]
 
 
 def _unique_titles(titles: Sequence[str]) -> list[str]:
@@ -90,8 +92,9 @@ def _unique_titles(titles: Sequence[str]) -> list[str]:
   return out
 
 
-def book_documents(path: PathLike, source_id: int, title: str,
-                   chunk_chars: int = 2000) -> list[Document]:
+def book_documents(
+  path: PathLike, source_id: int, title: str, chunk_chars: int = 2000
+) -> list[Document]:
   """A book as one source in many documents, so that it fits training rows.
 
   The book's text is normalised to its non-blank lines, stripped; chunks are
@@ -104,8 +107,9 @@ def book_documents(path: PathLike, source_id: int, title: str,
     lines = [line.strip() for line in f if line.strip()]
   if not lines:
     raise CorpusError(f"{path}: the book has no text")
-  return [Document(source_id, title, "\n".join(chunk))
-          for chunk in _chunk_lines(lines, chunk_chars)]
+  return [
+    Document(source_id, title, "\n".join(chunk)) for chunk in _chunk_lines(lines, chunk_chars)
+  ]
 
 
 def _chunk_lines(lines: Sequence[str], chunk_chars: int) -> list[list[str]]:
