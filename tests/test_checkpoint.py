@@ -87,6 +87,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # ~45 s; test_startup trains on two processes in the default suite
 def test_two_processes_train_the_model_one_process_would(
   world, tokenizer, tmp_path, tokenizer_path
 ):

@@ -6,6 +6,7 @@ from conftest import small_config
 from nullearn import demo, inference
 
 
+@pytest.mark.slow  # ~40 s; the fast demo tests run demo.run
 def test_demo_writes_its_report(tmp_path, capsys):
   c = small_config(vocab_size=512)
   c.train.steps = 6

@@ -123,6 +123,7 @@ def small_eval():
   return e
 
 
+@pytest.mark.slow  # ~120 s; test_cli's eval runs write the report in the default suite
 def test_full_report_is_written_and_readable(setup, world, tmp_path):
   models, forget, _ = setup
   heldout = [Document(999, "Unseen", world.documents[0].text.replace("a", "o"))]

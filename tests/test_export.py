@@ -196,7 +196,12 @@ def random_run(tokenizer, **model):
 
 
 @pytest.mark.parametrize(
-  "switch,scan_layers", [("backbone", False), ("expected", False), ("expected", True)]
+  "switch,scan_layers",
+  [
+    pytest.param("backbone", False, marks=pytest.mark.slow),
+    ("expected", False),
+    ("expected", True),
+  ],
 )
 def test_hf_llama_export_gives_our_logits(tokenizer, world, tmp_path, switch, scan_layers):
   """transformers loads the export (Flax backend, no torch) and computes our logits."""

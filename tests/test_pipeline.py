@@ -36,17 +36,29 @@ def segments(batch):
       )
 
 
+def document_chunks(tokenizer, text, seq_len):
+  """The rows a document is cut into: its parts (`split_document`), each cut every seq_len + 1."""
+  parts = split_document(text, pipeline.PART_ROWS * (seq_len + 1))
+  tokens = [
+    tokenizer.encode_part(part, first=i == 0, last=i == len(parts) - 1)
+    for i, part in enumerate(parts)
+  ]
+  return [t[i : i + seq_len + 1] for t in tokens for i in range(0, len(t) - 1, seq_len + 1)]
+
+
 def test_packing_round_trips_source_ids(world, tokenizer):
-  docs = {d.source_id: tokenizer.encode_document(d.text) for d in world.documents}
+  chunks = {d.source_id: document_chunks(tokenizer, d.text, 32) for d in world.documents}
+  docs = {sid: np.concatenate(c) for sid, c in chunks.items()}
+  parts = [split_document(d.text, pipeline.PART_ROWS * 33) for d in world.documents]
+  assert any(len(p) > 1 for p in parts), "some document spans several parts"
   seen_tokens = {sid: 0 for sid in docs}
   for batch in dataset(world, tokenizer):
     for src, tokens, pos, w in segments(batch):
       sid = int(src[0])
       assert np.all(src == sid), "a packed document has one source"
       assert np.array_equal(pos, np.arange(len(pos))), "positions restart in every document"
-      doc = docs[sid]
       # the piece is one whole chunk of its own source's document
-      assert any(np.array_equal(doc[i : i + 33], tokens) for i in range(0, len(doc), 33)), sid
+      assert any(np.array_equal(chunk, tokens) for chunk in chunks[sid]), sid
       assert np.all(w[:-1] == 1.0), "every next token inside a document is a target"
       seen_tokens[sid] += len(tokens)
   # one epoch sees every document once (up to the last, partial batch)

@@ -33,7 +33,7 @@ def run_steps(config, mesh, batches):
   return jax.tree.map(np.asarray, jax.device_get(state.params)), losses
 
 
-@pytest.mark.parametrize("impl", ["dense", "gather"])
+@pytest.mark.parametrize("impl", [pytest.param("dense", marks=pytest.mark.slow), "gather"])
 def test_sharded_step_equals_single_device(world, tokenizer, impl):
   c = small_config(sink_impl=impl)
   c.train.warmup_steps = 1
@@ -87,6 +87,7 @@ def test_masks_are_identical_whichever_device_computes_them():
     np.testing.assert_array_equal(np.asarray(got), want[order])
 
 
+@pytest.mark.slow  # ~40 s; test_checkpoint loads across topologies in the default suite
 def test_restore_onto_a_different_mesh(world, tokenizer, tmp_path):
   c = small_config()
   c.train.steps = 8
