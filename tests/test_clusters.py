@@ -83,6 +83,7 @@ def _nullearn(*args, cwd):
   )
 
 
+@pytest.mark.slow  # ~30 s; the cluster ids' stability across processes stays in the default suite
 def test_train_on_clusters_from_the_command_line(tmp_path, unlabelled):
   from nullearn.configs import tiny
 

@@ -199,7 +199,7 @@ def random_run(tokenizer, **model):
   "switch,scan_layers",
   [
     pytest.param("backbone", False, marks=pytest.mark.slow),
-    ("expected", False),
+    pytest.param("expected", False, marks=pytest.mark.slow),
     ("expected", True),
   ],
 )
