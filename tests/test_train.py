@@ -52,7 +52,7 @@ def test_golden_first_step(world, tokenizer):
 GOLDEN_LOSSES = [6.238646, 6.122248]  # ln(512) = 6.238 at init
 
 
-@pytest.mark.slow  # ~30 s; test_checkpoint resumes exactly across a process restart in the default suite
+@pytest.mark.slow  # ~30 s; test_checkpoint resumes exactly across processes by default
 def test_resume_is_exact(world, tokenizer, tmp_path):
   c = small_config()
   straight = train.train(c, tmp_path / "straight", world.documents, tokenizer)
