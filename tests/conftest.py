@@ -14,6 +14,14 @@ from absl import flags
 flags.FLAGS.mark_as_parsed()
 
 
+def tiny_model(**overrides):
+  """A two-layer model of a few thousand parameters: 8 backbone neurons, 4 of 64 sinks."""
+  from nullearn.model import ModelConfig
+
+  shape = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+  return ModelConfig(**shape, backbone=8, pool=64, active=4, **overrides)
+
+
 def small_config(**model):
   from nullearn.configs import base
 

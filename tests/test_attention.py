@@ -6,22 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import tiny_model
 from nullearn import attention
-from nullearn.model import ModelConfig, Transformer
+from nullearn.model import Transformer
 from nullearn.switch import Switch
 
-CFG = ModelConfig(
-  vocab_size=64,
-  d_model=32,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=8,
-  backbone=8,
-  pool=64,
-  active=4,
-  attention="reference",
-)
+CFG = tiny_model(attention="reference")
 
 
 def packed_rows(B=3, T=128, seed=0):

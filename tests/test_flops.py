@@ -8,22 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import tiny_model
 from nullearn import flops
 from nullearn.model import ModelConfig, Transformer
 from nullearn.switch import Switch
 
-TINY = ModelConfig(
-  vocab_size=64,
-  d_model=32,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=8,
-  backbone=8,
-  pool=64,
-  active=4,
-  max_segments=4,
-)
+TINY = tiny_model(max_segments=4)
 
 
 def test_tiny_shape_by_hand():

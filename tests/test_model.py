@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import tiny_model
 from nullearn.configs import base
 from nullearn.masks import SinkGeometry
 from nullearn.model import (
@@ -18,18 +19,7 @@ from nullearn.model import (
 )
 from nullearn.switch import Switch
 
-CFG = ModelConfig(
-  vocab_size=64,
-  d_model=32,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=8,
-  backbone=8,
-  pool=64,
-  active=4,
-  mask_seed=0,
-)
+CFG = tiny_model(mask_seed=0)
 GEOMETRY = SinkGeometry(backbone=8, pool=64, active=4)
 
 

@@ -7,24 +7,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import tiny_model
 from nullearn import ledger as ledger_lib
 from nullearn import sampler
-from nullearn.model import ModelConfig, Transformer
+from nullearn.model import Transformer
 from nullearn.switch import Switch
 
 # A wide init spreads the logits, so that greedy choices are not float-rounding ties.
-CFG = ModelConfig(
-  vocab_size=64,
-  d_model=32,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=8,
-  backbone=8,
-  pool=64,
-  active=4,
-  init_std=0.3,
-)
+CFG = tiny_model(init_std=0.3)
 PROMPTS = [
   np.asarray(p, np.int32)
   for p in ([1, 9, 22, 5, 31, 7], [1, 40], [1, 12, 3, 50, 8, 8, 19, 27, 4], [1])
